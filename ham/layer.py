@@ -1,0 +1,56 @@
+"""A layer of neurons: a state shape, a convex Lagrangian and a time constant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Scalar
+
+from .lagrangians import check_convex
+
+__all__ = ["Layer"]
+
+
+class Layer(eqx.Module):
+    r"""A layer $A$ of neurons with internal state $x_A$ of shape ``shape``.
+
+    - activation $g_A = \partial L_A/\partial x_A$ (``jax.grad`` of the Lagrangian);
+    - energy (Legendre transform) $E_A = x_A\cdot g_A - L_A(x_A)$;
+    - time constant $\tau_A$ of the dynamics $\tau_A \dot x_A = -\partial E/\partial g_A$.
+      ``tau=jnp.inf`` freezes (clamps) the layer.
+
+    ``lagrangian`` is any convex ``x -> scalar`` (see [`ham.lagrangians`][]); bind
+    parameters with ``functools.partial`` or pass an ``eqx.Module`` (learnable ones,
+    such as the Energy Transformer's layer-norm γ, δ). On construction the Lagrangian is
+    probed for convexity unless ``check_convexity=False``.
+    """
+
+    lagrangian: Callable[[Array], Scalar]
+    shape: tuple[int, ...] = eqx.field(static=True, converter=lambda s: tuple(int(d) for d in s))
+    tau: float | Array = 1.0
+    check_convexity: bool = eqx.field(static=True, default=True, repr=False)
+
+    def __check_init__(self):
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"Layer: shape must have positive dimensions, got {self.shape}.")
+        tau = self.tau
+        if isinstance(tau, (int, float)) and not tau > 0:
+            raise ValueError(f"Layer: tau must be > 0 (or inf to clamp), got {tau}.")
+        if not callable(self.lagrangian):
+            raise TypeError(f"Layer: lagrangian must be callable, got {type(self.lagrangian)}.")
+        if self.check_convexity:
+            name = getattr(self.lagrangian, "__name__", None) or type(self.lagrangian).__name__
+            check_convex(self.lagrangian, self.shape, name=f"Layer({name}, shape={self.shape})")
+
+    def activation(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        r"""$g = \partial L/\partial x$ for one unbatched state."""
+        return jax.grad(self.lagrangian)(x)
+
+    def energy(self, x: Float[Array, "*shape"], g: Float[Array, "*shape"] | None = None) -> Scalar:
+        r"""Legendre energy $E = x\cdot g - L(x)$ for one unbatched state."""
+        if g is None:
+            g = self.activation(x)
+        return jnp.vdot(x, g) - self.lagrangian(x)

@@ -1,0 +1,279 @@
+"""Relaxation to fixed points: continuous dynamics with diffrax, or discrete descent."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import optimistix.internal as optxi
+from jaxtyping import Array, Bool, Float, Int
+
+from .network import HAM
+
+__all__ = ["Solution", "relax", "descend", "default_tolerances"]
+
+# Reasons a solve stopped, as stored in ``Solution.reason_code``.
+REASONS = (
+    "converged: steady state reached (|dx/dt| below the event tolerance)",
+    "not converged: max_steps reached before a steady state",
+    "not converged: the state became non-finite (NaN or inf)",
+    "not converged: the solver failed (step size collapsed or another diffrax error)",
+    "not converged: the final residual |dx/dt| is above tolerance",
+)
+
+
+class Solution(eqx.Module):
+    """The result of [`ham.relax`][] or [`ham.descend`][].
+
+    For a batch of initial states (leading ``batch`` shape), every field carries that
+    leading shape.
+
+    - ``states``: the final states (a dict like the initial one); the fixed point when
+      ``converged``.
+    - ``energies``, ``times``: the energy trace, one entry for the initial state and one
+      per accepted step, padded to a fixed length (jit needs static shapes): entries
+      past ``num_steps`` repeat the final energy/time, and ``mask`` marks the real
+      ones. ``trace()`` returns the trimmed NumPy arrays.
+    - ``num_steps``: accepted steps; ``converged``: steady state reached with finite
+      states; ``reason``: a readable explanation (outside jit).
+    """
+
+    states: dict[str, Array]
+    energies: Float[Array, "*batch steps"]
+    times: Float[Array, "*batch steps"]
+    num_steps: Int[Array, "*batch"]
+    converged: Bool[Array, "*batch"]
+    reason_code: Int[Array, "*batch"]
+    residual: Float[Array, "*batch"]
+
+    @property
+    def mask(self) -> Bool[Array, "*batch steps"]:
+        idx = jnp.arange(self.energies.shape[-1])
+        return idx <= self.num_steps[..., None]
+
+    @property
+    def reason(self) -> str | list:
+        """Why the solve stopped, as text (a nested list for a batch)."""
+        codes = np.asarray(self.reason_code)
+        if codes.ndim == 0:
+            return REASONS[int(codes)]
+        return np.vectorize(lambda c: REASONS[int(c)], otypes=[object])(codes).tolist()
+
+    def trace(self, index: tuple[int, ...] = ()):
+        """``(times, energies)`` of one trajectory as NumPy arrays, padding removed."""
+        n = int(np.asarray(self.num_steps)[index])
+        return (np.asarray(self.times)[index][: n + 1], np.asarray(self.energies)[index][: n + 1])
+
+    def raise_if_not_converged(self) -> "Solution":
+        codes = np.asarray(self.reason_code)
+        if np.any(codes != 0):
+            bad = np.argwhere(codes.reshape(codes.shape or (1,)) != 0)[0]
+            c = codes.reshape(codes.shape or (1,))[tuple(bad)]
+            raise RuntimeError(
+                f"relaxation did not converge for batch index {tuple(bad) if codes.ndim else ()}: {REASONS[int(c)]} "
+                f"(steps={np.asarray(self.num_steps).reshape(codes.shape or (1,))[tuple(bad)]}, "
+                f"residual={np.asarray(self.residual).reshape(codes.shape or (1,))[tuple(bad)]:.3g})."
+            )
+        return self
+
+
+def default_tolerances(dtype) -> dict[str, float]:
+    """Step-size controller and steady-state tolerances for a dtype.
+
+    The steady-state event must sit well above the controller's error floor
+    (DESIGN.md §2): near equilibrium an explicit solver's state jitters at the
+    controller tolerance, so a tighter event threshold is never met.
+    """
+    if jnp.dtype(dtype) == jnp.float64:
+        return dict(rtol=1e-8, atol=1e-10, event_rtol=1e-6, event_atol=1e-8)
+    return dict(rtol=1e-5, atol=1e-6, event_rtol=1e-4, event_atol=1e-4)
+
+
+def _tree_norm(tree) -> Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+
+
+def _check_finite(net: HAM, xs):
+    out = {}
+    for k in net.layers:
+        out[k] = eqx.error_if(
+            xs[k], ~jnp.all(jnp.isfinite(xs[k])), f"ham.relax: the initial state of layer {k!r} is not finite (NaN or inf)."
+        )
+    return out
+
+
+def _vf(t, y, net):
+    return net.vector_field(t, y)
+
+
+# ----------------------------------------------------------------------------- relax
+def _solve(inputs):
+    """One unbatched diffrax solve; returns (final state, (trace, stats))."""
+    net, xs0, static = inputs
+    (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint) = static.value
+    term = diffrax.ODETerm(_vf)
+    energy = lambda t, y, args: args._energy(y)  # noqa: E731
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(t1=True), diffrax.SubSaveAt(t0=True, steps=True, fn=energy)]
+    )
+    event = diffrax.Event(diffrax.steady_state_event(rtol=event_rtol, atol=event_atol, norm=_tree_norm))
+    sol = diffrax.diffeqsolve(
+        term, solver, t0=0.0, t1=t1, dt0=dt0, y0=xs0, args=net, saveat=saveat,
+        stepsize_controller=controller, event=event, max_steps=max_steps, throw=False,
+        adjoint=adjoint,
+    )
+    final = jax.tree_util.tree_map(lambda y: y[-1], sol.ys[0])
+    return final, (sol.ys[1], sol.ts[1], sol.stats["num_accepted_steps"], sol.result)
+
+
+def _rewrite(root, residual, inputs):
+    net = inputs[0]
+    return net.vector_field(0.0, root)
+
+
+class _Static(eqx.Module):
+    value: tuple = eqx.field(static=True)
+
+
+def relax(
+    net: HAM,
+    xs0: Mapping[str, Array],
+    *,
+    solver: diffrax.AbstractAdaptiveSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    event_rtol: float | None = None,
+    event_atol: float | None = None,
+    max_steps: int = 4096,
+    t1: float = math.inf,
+    dt0: float | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+) -> Solution:
+    r"""Integrate $\tau_A\dot x_A = -\partial E/\partial g_A$ from ``xs0`` with diffrax
+    until a steady state: ``Event(steady_state_event)`` fires when
+    $\|\dot x\| <$ ``event_atol`` + ``event_rtol``$\,\|x\|$.
+
+    The adaptive ``solver`` (default ``Tsit5``) is driven by a ``PIDController(rtol,
+    atol)``; tolerances default by dtype ([`ham.solve.default_tolerances`][]). A batch
+    of states (any leading shape) is solved element by element (``vmap``), each with
+    its own step sizes and stopping time.
+
+    The solve never raises on failure: ``converged`` is False and ``reason`` says why
+    (``max_steps`` reached, non-finite state, solver failure). Non-finite *initial*
+    states are refused with an error naming the layer.
+
+    Gradients: with the default ``adjoint=diffrax.ImplicitAdjoint()`` the final state
+    is differentiated by the implicit function theorem at the fixed point,
+    $dx^*/d\theta = -(\partial f/\partial x)^{-1}\partial f/\partial\theta$ — the same
+    rule as diffrax's ``ImplicitAdjoint``, applied here so the energy trace can be
+    recorded in the same solve (diffrax's own one only allows ``SaveAt(t1=True)``).
+    The trace and stats are not differentiable in this mode. Any other diffrax adjoint
+    (e.g. ``RecursiveCheckpointAdjoint()`` to backpropagate through the solver steps)
+    is passed to ``diffeqsolve`` unchanged.
+    """
+    xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
+    batch = net.batch_shape(xs0)
+    xs0 = _check_finite(net, xs0)
+    dtype = jnp.result_type(*xs0.values())
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.zeros(()).dtype
+        xs0 = {k: v.astype(dtype) for k, v in xs0.items()}
+    tol = default_tolerances(dtype)
+    rtol = tol["rtol"] if rtol is None else rtol
+    atol = tol["atol"] if atol is None else atol
+    event_rtol = tol["event_rtol"] if event_rtol is None else event_rtol
+    event_atol = tol["event_atol"] if event_atol is None else event_atol
+    if max_steps is None or max_steps < 1:
+        raise ValueError(f"ham.relax: max_steps must be a positive integer (the trace needs it), got {max_steps}.")
+    solver = diffrax.Tsit5() if solver is None else solver
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_tree_norm)
+    if adjoint is None:
+        adjoint = diffrax.ImplicitAdjoint()
+    implicit = isinstance(adjoint, diffrax.ImplicitAdjoint)
+    inner_adjoint = diffrax.RecursiveCheckpointAdjoint() if implicit else adjoint
+    static = _Static((solver, controller, event_rtol, event_atol, int(max_steps), t1, dt0, inner_adjoint))
+
+    def one(x0):
+        inputs = (net, x0, static)
+        if implicit:
+            final, aux = optxi.implicit_jvp(_solve, _rewrite, inputs, adjoint.tags, adjoint.linear_solver)
+        else:
+            final, aux = _solve(inputs)
+        energies, times, nsteps, result = aux
+        n = nsteps.astype(jnp.int32)
+        idx = jnp.arange(energies.shape[0])
+        valid = idx <= n
+        energies = jnp.where(valid, energies, energies[n])
+        times = jnp.where(valid, times, times[n])
+        res = _tree_norm(net.vector_field(0.0, final))
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(final)]))
+        event = result == diffrax.RESULTS.event_occurred
+        maxed = result == diffrax.RESULTS.max_steps_reached
+        code = jnp.where(
+            ~finite | ~jnp.isfinite(res), 2,
+            jnp.where(event, 0, jnp.where(maxed, 1, 3)),
+        )
+        return final, energies, times, n, code == 0, code, res
+
+    fn = one
+    for _ in batch:
+        fn = jax.vmap(fn)
+    final, energies, times, n, conv, code, res = fn(xs0)
+    return Solution(final, energies, times, n, conv, code, res)
+
+
+# ----------------------------------------------------------------------------- descend
+def descend(
+    net: HAM,
+    xs0: Mapping[str, Array],
+    *,
+    step_size: float = 0.1,
+    steps: int = 100,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Solution:
+    r"""Discrete gradient descent $x_A \leftarrow x_A - \alpha\,\tau_A^{-1}\,\partial
+    E/\partial g_A$ for ``steps`` steps (explicit Euler on the same dynamics; the
+    Energy Transformer's inference, Hoover et al. 2023). The energy decreases for a
+    small enough ``step_size`` α.
+
+    Returns a [`ham.Solution`][] with ``steps + 1`` energies; ``converged`` is True when
+    the final $\|\dot x\|$ is below ``atol + rtol‖x‖`` (defaults as for ``relax``'s
+    steady-state event).
+    """
+    xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
+    batch = net.batch_shape(xs0)
+    xs0 = _check_finite(net, xs0)
+    if steps < 0:
+        raise ValueError(f"ham.descend: steps must be >= 0, got {steps}.")
+    dtype = jnp.result_type(*xs0.values())
+    tol = default_tolerances(dtype)
+    rtol = tol["event_rtol"] if rtol is None else rtol
+    atol = tol["event_atol"] if atol is None else atol
+
+    def one(x0):
+        def step(x, _):
+            dx = net.vector_field(0.0, x)
+            x = jax.tree_util.tree_map(lambda a, b: a + step_size * b, x, dx)
+            return x, net._energy(x)
+
+        final, es = jax.lax.scan(step, x0, None, length=steps)
+        energies = jnp.concatenate([net._energy(x0)[None], es])
+        times = step_size * jnp.arange(steps + 1, dtype=energies.dtype)
+        res = _tree_norm(net.vector_field(0.0, final))
+        finite = jnp.isfinite(res) & jnp.all(jnp.isfinite(energies))
+        ok = res < atol + rtol * _tree_norm(final)
+        code = jnp.where(~finite, 2, jnp.where(ok, 0, 4))
+        return final, energies, times, jnp.asarray(steps, jnp.int32), code == 0, code, res
+
+    fn = one
+    for _ in batch:
+        fn = jax.vmap(fn)
+    return Solution(*fn(xs0))
