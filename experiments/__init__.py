@@ -1,0 +1,1 @@
+"""Runnable studies built on ham: `python -m experiments.<name> --help`."""

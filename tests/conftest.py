@@ -1,0 +1,33 @@
+"""Test configuration: hypothesis profiles and float64 where a test needs it.
+
+Profiles (select with HYPOTHESIS_PROFILE=<name>):
+- ``default``: a few examples per property, for the fast default suite;
+- ``thorough``: >= 100 examples per property (run: ``HYPOTHESIS_PROFILE=thorough python -m pytest -m "not slow or slow" tests/test_properties.py``).
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", max_examples=8, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
+settings.register_profile(
+    "thorough", max_examples=120, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64 (restored afterwards)."""
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
