@@ -2,5 +2,7 @@
 
 from ._base import Synapse
 from ._dense import Bias, Dense
+from ._attention import Attention
+from ._hopfield import Hopfield
 
-__all__ = ["Synapse", "Dense", "Bias"]
+__all__ = ["Synapse", "Dense", "Bias", "Attention", "Hopfield"]

@@ -1,0 +1,108 @@
+"""The Energy Transformer's multi-head attention energy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
+
+from ._base import Synapse, shape_error
+
+
+class Attention(Synapse):
+    r"""Multi-head attention energy over a layer of tokens (Hoover et al. 2023,
+    "Energy Transformer", eq. 3):
+
+    $E = -\sum_h \beta_h^{-1} \sum_C \log \sum_{B \ne C} \exp\big(\beta_h\, K_{hB}\cdot Q_{hC}\big)$,
+    with keys $K_{hB} = W^K_h g_B$ and queries $Q_{hC} = W^Q_h g_C$,
+
+    where $g$ of shape ``(tokens, dim)`` is the activation of the one layer the
+    synapse joins, and ``W_K``, ``W_Q`` have shape ``(heads, head_dim, dim)``.
+
+    **Arguments:**
+
+    - ``W_K``, ``W_Q``: key and query weights, ``(heads, head_dim, dim)``.
+    - ``beta``: inverse temperature, a scalar or one per head ``(heads,)``; the paper
+      uses $1/\sqrt{\text{head\_dim}}$ (the default). A Python float stays fixed under
+      ``eqx.filter(..., eqx.is_inexact_array)``; pass an array to learn it.
+    - ``mask``: optional boolean ``(tokens, tokens)``; ``mask[C, B]`` says whether query
+      token ``C`` may attend to key token ``B``. The default allows every pair with
+      $B \ne C$, as in the paper. A query with no allowed key contributes nothing.
+    """
+
+    W_K: Float[Array, "heads head_dim dim"]
+    W_Q: Float[Array, "heads head_dim dim"]
+    beta: float | Float[Array, "*heads"]
+    mask: Bool[Array, "tokens tokens"] | None
+
+    def __init__(
+        self,
+        W_K: Float[ArrayLike, "heads head_dim dim"],
+        W_Q: Float[ArrayLike, "heads head_dim dim"],
+        beta: float | Float[ArrayLike, "*heads"] | None = None,
+        mask: Bool[ArrayLike, "tokens tokens"] | None = None,
+    ):
+        self.W_K = jnp.asarray(W_K)
+        self.W_Q = jnp.asarray(W_Q)
+        if beta is None:
+            beta = 1.0 / float(np.sqrt(self.W_K.shape[1])) if self.W_K.ndim == 3 else 1.0
+        self.beta = beta if isinstance(beta, (int, float)) else jnp.asarray(beta)
+        self.mask = None if mask is None else jnp.asarray(mask, dtype=bool)
+
+    def __check_init__(self):
+        if self.W_K.ndim != 3 or self.W_K.shape != self.W_Q.shape:
+            raise ValueError(
+                f"Attention: W_K and W_Q must both have shape (heads, head_dim, dim); got W_K "
+                f"{tuple(self.W_K.shape)} and W_Q {tuple(self.W_Q.shape)}."
+            )
+        heads = self.W_K.shape[0]
+        if isinstance(self.beta, (int, float)):
+            if not self.beta > 0:
+                raise ValueError(f"Attention: beta must be > 0, got {self.beta}.")
+        elif self.beta.shape not in ((), (heads,)):
+            raise ValueError(
+                f"Attention: beta must be a scalar or have shape (heads,) = ({heads},), got {tuple(self.beta.shape)}."
+            )
+        if self.mask is not None and (self.mask.ndim != 2 or self.mask.shape[0] != self.mask.shape[1]):
+            raise ValueError(f"Attention: mask must be square (tokens, tokens), got shape {tuple(self.mask.shape)}.")
+
+    def _allowed(self, tokens: int) -> Bool[Array, "tokens tokens"]:
+        if self.mask is None:
+            return ~jnp.eye(tokens, dtype=bool)
+        return self.mask
+
+    def energy(self, g: Float[Array, "tokens dim"]) -> Scalar:
+        heads = self.W_K.shape[0]
+        keys = jnp.einsum("hed,bd->hbe", self.W_K, g)
+        queries = jnp.einsum("hed,cd->hce", self.W_Q, g)
+        beta = jnp.broadcast_to(jnp.asarray(self.beta, dtype=g.dtype), (heads,))
+        scores = beta[:, None, None] * jnp.einsum("hce,hbe->hcb", queries, keys)  # [head, query C, key B]
+        allowed = self._allowed(g.shape[0])
+        has_key = jnp.any(allowed, axis=-1)  # (C,)
+        # Rows without any allowed key keep their finite scores (so the gradient stays
+        # finite) and are dropped after the log-sum-exp.
+        keep = allowed | ~has_key[:, None]
+        lse = jax.nn.logsumexp(jnp.where(keep, scores, -jnp.inf), axis=-1)  # (heads, C)
+        lse = jnp.where(has_key, lse, 0.0)
+        return -jnp.sum(jnp.sum(lse, axis=-1) / beta)
+
+    def check_shapes(self, name, shapes):
+        shapes = tuple(tuple(s) for s in shapes)
+        dim = self.W_K.shape[-1]
+        if len(shapes) != 1 or len(shapes[0]) != 2:
+            raise shape_error(name, "Attention", "joins one layer of shape (tokens, dim)", shapes)
+        tokens, d = shapes[0]
+        if d != dim:
+            raise shape_error(
+                name, "Attention",
+                f"W_K/W_Q of shape {tuple(self.W_K.shape)} need tokens of dimension {dim}, not {d}", shapes,
+            )
+        if self.mask is not None and self.mask.shape != (tokens, tokens):
+            raise shape_error(
+                name, "Attention", f"mask of shape {tuple(self.mask.shape)} must be (tokens, tokens) = ({tokens}, {tokens})",
+                shapes,
+            )
+        if self.mask is None and tokens < 2:
+            raise shape_error(name, "Attention", "needs at least 2 tokens (each token attends to the others)", shapes)
+

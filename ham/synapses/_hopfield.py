@@ -1,0 +1,64 @@
+"""A Hopfield memory applied to every token of a layer (the Energy Transformer's)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Scalar
+
+from ._base import Synapse, shape_error
+
+KINDS = ("relu", "softmax")
+
+
+class Hopfield(Synapse):
+    r"""Token-wise Hopfield network energy with stored patterns $\xi_\mu$ (Hoover et
+    al. 2023, "Energy Transformer", eq. 4), the hidden units integrated out:
+
+    - ``kind="relu"``: $E = -\tfrac12 \sum_B \sum_\mu \mathrm{relu}(\xi_\mu\cdot g_B)^2$;
+    - ``kind="softmax"``: $E = -\beta^{-1} \sum_B \log\sum_\mu \exp(\beta\, \xi_\mu\cdot g_B)$
+      (the modern continuous Hopfield energy, Ramsauer et al. 2020).
+
+    ``xi`` has shape ``(num_memories, dim)``; the joined layer has shape ``(..., dim)``
+    and every leading index $B$ (a token) meets the same memories. ``beta`` is only used
+    by ``"softmax"``.
+    """
+
+    xi: Float[Array, "memories dim"]
+    kind: str = eqx.field(static=True)
+    beta: float | Float[Array, ""]
+
+    def __init__(self, xi: Float[ArrayLike, "memories dim"], kind: str = "relu", beta: float | Float[ArrayLike, ""] = 1.0):
+        self.xi = jnp.asarray(xi)
+        self.kind = kind
+        self.beta = beta if isinstance(beta, (int, float)) else jnp.asarray(beta)
+
+    def __check_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Hopfield: kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.xi.ndim != 2:
+            raise ValueError(f"Hopfield: xi must have shape (num_memories, dim), got {tuple(self.xi.shape)}.")
+        if isinstance(self.beta, (int, float)):
+            if not self.beta > 0:
+                raise ValueError(f"Hopfield: beta must be > 0, got {self.beta}.")
+        elif self.beta.shape != ():
+            raise ValueError(f"Hopfield: beta must be a scalar, got shape {tuple(self.beta.shape)}.")
+
+    def energy(self, g: Float[Array, "*tokens dim"]) -> Scalar:
+        overlaps = g @ self.xi.T  # (*tokens, memories)
+        if self.kind == "relu":
+            r = jax.nn.relu(overlaps)
+            return -0.5 * jnp.sum(r * r)
+        beta = jnp.asarray(self.beta, dtype=g.dtype)
+        return -jnp.sum(jax.nn.logsumexp(beta * overlaps, axis=-1)) / beta
+
+    def check_shapes(self, name, shapes):
+        shapes = tuple(tuple(s) for s in shapes)
+        if len(shapes) != 1 or len(shapes[0]) < 1:
+            raise shape_error(name, "Hopfield", "joins one layer of shape (..., dim)", shapes)
+        if shapes[0][-1] != self.xi.shape[1]:
+            raise shape_error(
+                name, "Hopfield",
+                f"xi of shape {tuple(self.xi.shape)} needs a last layer dimension of {self.xi.shape[1]}", shapes,
+            )
