@@ -2,7 +2,8 @@
 
 from ._base import Synapse
 from ._dense import Bias, Dense
+from ._conv import Conv, Pool
 from ._attention import Attention
 from ._hopfield import Hopfield
 
-__all__ = ["Synapse", "Dense", "Bias", "Attention", "Hopfield"]
+__all__ = ["Synapse", "Dense", "Bias", "Conv", "Pool", "Attention", "Hopfield"]
