@@ -5,6 +5,7 @@ autodiff; retrieval is the continuous dynamics integrated by diffrax to a fixed 
 """
 
 from . import lagrangians, lyapunov, synapses
+from . import memories
 from .layer import Layer
 from .network import HAM
 from .solve import Solution, default_tolerances, descend, relax
@@ -13,6 +14,7 @@ __all__ = [
     "lagrangians",
     "lyapunov",
     "synapses",
+    "memories",
     "Layer",
     "HAM",
     "Solution",

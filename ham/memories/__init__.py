@@ -1,0 +1,43 @@
+r"""Associative memory models, each an instance of the core (layers, synapses, HAM,
+``relax``) where it has continuous dynamics.
+
+- [`classical`][]: Hopfield 1982/84, Hebbian weights, sign or tanh neurons.
+- [`dense`][], [`exponential`][]: Dense Associative Memory (Krotov & Hopfield 2016;
+  Demircigil et al. 2017).
+- [`modern`][]: the modern continuous Hopfield network = attention (Ramsauer et al. 2020).
+- [`universal`][]: Universal Hopfield Networks (Millidge et al. 2022).
+- [`sdm`][]: Kanerva's Sparse Distributed Memory in UHN form.
+- [`krotov_hopfield_2021`][]: the visible + hidden model and its limits A, B, C.
+
+Every model has ``retrieve(queries)`` (batched over a leading axis, jit-compiled),
+``energy(state)`` and ``network`` (the [`ham.HAM`][] it is, or ``None``).
+"""
+
+from ._binary import (
+    ClassicalHopfield,
+    DenseAssociativeMemory,
+    ExponentialAssociativeMemory,
+    classical,
+    dense,
+    exponential,
+)
+from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
+from ._modern import ModernHopfield, modern
+from ._universal import SEPARATIONS, SIMILARITIES, UniversalHopfield, universal
+
+__all__ = [
+    "classical",
+    "dense",
+    "exponential",
+    "modern",
+    "universal",
+    "krotov_hopfield_2021",
+    "ClassicalHopfield",
+    "DenseAssociativeMemory",
+    "ExponentialAssociativeMemory",
+    "ModernHopfield",
+    "UniversalHopfield",
+    "LargeAssociativeMemory",
+    "SIMILARITIES",
+    "SEPARATIONS",
+]

@@ -1,0 +1,379 @@
+r"""Binary (±1) memories with discrete sign dynamics: the classical Hopfield network
+(Hopfield 1982), Dense Associative Memory (Krotov & Hopfield 2016) and the
+exponential DAM (Demircigil et al. 2017).
+
+All three share one discrete engine: neuron ``i`` is set to whichever sign gives the
+lower energy (a tie keeps the current value), one neuron at a time (``mode="async"``)
+or all at once (``mode="sync"``), sweep after sweep until nothing changes or
+``max_sweeps`` is reached. Asynchronous updates can therefore never raise the energy.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+from .. import lagrangians
+from ..layer import Layer
+from ..network import HAM
+from ..solve import Solution, relax
+from ..synapses import Bias, Dense
+from ._common import as_patterns, as_queries, binarize, check_pm1, check_positive, per_state
+
+__all__ = ["ClassicalHopfield", "DenseAssociativeMemory", "ExponentialAssociativeMemory",
+           "classical", "dense", "exponential"]
+
+_MODES = ("async", "sync")
+
+
+def _sign_keep(score: Array, current: Array) -> Array:
+    """sign(score), keeping ``current`` where score == 0."""
+    return jnp.where(score > 0, 1.0, jnp.where(score < 0, -1.0, current)).astype(current.dtype)
+
+
+class _BinaryMemory(eqx.Module):
+    """Shared discrete dynamics. Subclasses define the local score of neuron ``i`` (its
+    sign is the preferred value) through an auxiliary quantity kept up to date across
+    single-neuron flips (local fields or pattern overlaps)."""
+
+    patterns: eqx.AbstractVar[Float[Array, "num_patterns dim"]]
+
+    @property
+    def dim(self) -> int:
+        return self.patterns.shape[1]
+
+    # --- per subclass -------------------------------------------------------
+    @abc.abstractmethod
+    def _aux(self, s: Array) -> Array: ...
+
+    @abc.abstractmethod
+    def _score(self, aux: Array, s: Array, i: Array) -> Scalar: ...
+
+    @abc.abstractmethod
+    def _flip(self, aux: Array, i: Array, ds: Array) -> Array: ...
+
+    @abc.abstractmethod
+    def _energy_one(self, s: Array) -> Scalar: ...
+
+    # --- engine ---------------------------------------------------------------
+    def _run_one(self, s0: Array, key: Array, mode: str, max_sweeps: int, random_order: bool):
+        n = s0.shape[0]
+
+        def sync_sweep(s, aux, k):
+            scores = jax.vmap(lambda i: self._score(aux, s, i))(jnp.arange(n))
+            new = _sign_keep(scores, s)
+            return new, self._aux(new), jnp.any(new != s)
+
+        def async_sweep(s, aux, k):
+            order = jax.random.permutation(jax.random.fold_in(key, k), n) if random_order else jnp.arange(n)
+
+            def body(j, c):
+                s, aux, changed = c
+                i = order[j]
+                new_i = _sign_keep(self._score(aux, s, i), s[i])
+                ds = new_i - s[i]
+                aux = self._flip(aux, i, ds)
+                return s.at[i].set(new_i), aux, changed | (ds != 0)
+
+            return jax.lax.fori_loop(0, n, body, (s, aux, jnp.asarray(False)))
+
+        sweep = async_sweep if mode == "async" else sync_sweep
+
+        def cond(c):
+            _, _, k, changed = c
+            return changed & (k < max_sweeps)
+
+        def step(c):
+            s, aux, k, _ = c
+            s, aux, changed = sweep(s, aux, k)
+            return s, aux, k + 1, changed
+
+        s, _, k, changed = jax.lax.while_loop(cond, step, (s0, self._aux(s0), jnp.asarray(0), jnp.asarray(True)))
+        return s, k, ~changed
+
+    def _check_mode(self, mode, max_sweeps):
+        if mode not in _MODES:
+            raise ValueError(f"{type(self).__name__}.retrieve: mode must be one of {_MODES}, got {mode!r}.")
+        if int(max_sweeps) < 1:
+            raise ValueError(f"{type(self).__name__}.retrieve: max_sweeps must be >= 1, got {max_sweeps}.")
+
+    def run(
+        self, queries, mode: str = "async", max_sweeps: int = 100, key: PRNGKeyArray | None = None
+    ) -> tuple[Array, Array, Array]:
+        """Like ``retrieve`` but also returns ``(states, sweeps, converged)``: the number
+        of sweeps made and whether the last sweep changed nothing (a fixed point)."""
+        self._check_mode(mode, max_sweeps)
+        q, single = as_queries(type(self).__name__, queries, self.dim, self.patterns.dtype)
+        s, k, conv = _run_batch(self, binarize(q.astype(self.patterns.dtype)), key, mode, int(max_sweeps))
+        if single:
+            return s[0], k[0], conv[0]
+        return s, k, conv
+
+    def retrieve(
+        self, queries: Float[Array, "*batch dim"], mode: str = "async", max_sweeps: int = 100,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "*batch dim"]:
+        """Sign dynamics from ``sign(queries)`` (0 -> +1) to a fixed point.
+
+        **Arguments:**
+        - ``queries``: ``(dim,)`` or ``(batch, dim)``; batched with ``vmap``, jit-compiled.
+        - ``mode``: ``"async"`` (one neuron at a time; energy never rises) or ``"sync"``
+          (all neurons at once; may end in a 2-cycle).
+        - ``max_sweeps``: at most this many sweeps over all neurons.
+        - ``key``: a PRNG key for a random neuron order in each async sweep (one
+          independent order per query); ``None`` sweeps neurons in order ``0..dim-1``.
+
+        **Returns:** the ±1 states, the shape of ``queries``.
+        """
+        return self.run(queries, mode, max_sweeps, key)[0]
+
+    def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
+        """The model's energy of a state (one value per batch element)."""
+        return per_state(type(self).__name__, self._energy_one, state, self.dim)
+
+
+@functools.partial(eqx.filter_jit)
+def _run_batch(model: _BinaryMemory, s0, key, mode, max_sweeps):
+    b = s0.shape[0]
+    random_order = key is not None
+    keys = jax.random.split(key, b) if random_order else jnp.zeros((b, 2), jnp.uint32)
+    fn = lambda s, k: model._run_one(s, k, mode, max_sweeps, random_order)  # noqa: E731
+    return jax.vmap(fn)(s0, keys)
+
+
+# ============================================================================ classical
+class ClassicalHopfield(_BinaryMemory):
+    r"""The classical Hopfield network (Hopfield 1982; continuous version Hopfield 1984).
+
+    Hebbian weights $W = \frac1N\sum_\mu \xi_\mu\xi_\mu^\top$ with zero diagonal,
+    energy $E(s) = -\tfrac12 s^\top W s - b\cdot s$, update $s_i \leftarrow
+    \mathrm{sign}(\sum_j W_{ij}s_j + b_i)$.
+
+    ``network`` is the continuous version as a [`ham.HAM`][]: one layer with the tanh
+    Lagrangian of gain ``beta`` (activation $\tanh(\beta x)$) and a recurrent
+    [`ham.synapses.Dense`][] of weights $W$ (+ a [`ham.synapses.Bias`][]), so
+    $\tau\dot x = -x + W\tanh(\beta x) + b$.
+    """
+
+    patterns: Float[Array, "num_patterns dim"]
+    weights: Float[Array, "dim dim"]
+    bias: Float[Array, " dim"] | None
+    beta: float | Array = 1.0
+
+    def __check_init__(self):
+        n = self.patterns.shape[1]
+        if self.weights.shape != (n, n):
+            raise ValueError(f"classical: weights must have shape ({n}, {n}), got {tuple(self.weights.shape)}.")
+        if self.bias is not None and self.bias.shape != (n,):
+            raise ValueError(f"classical: bias must have shape ({n},), got {tuple(self.bias.shape)}.")
+        check_positive("classical", "beta", self.beta)
+
+    def _aux(self, s):
+        u = self.weights @ s
+        return u if self.bias is None else u + self.bias
+
+    def _score(self, aux, s, i):
+        return aux[i]
+
+    def _flip(self, aux, i, ds):
+        # zero diagonal: flipping s_i changes the other local fields only; W symmetric.
+        return aux + self.weights[i] * ds
+
+    def _energy_one(self, s):
+        e = -0.5 * jnp.vdot(s, self.weights @ s)
+        return e if self.bias is None else e - jnp.vdot(self.bias, s)
+
+    def make_network(self, beta: float | Array | None = None, tau: float = 1.0) -> HAM:
+        """The continuous classical network (tanh neurons of gain ``beta``)."""
+        beta = self.beta if beta is None else beta
+        check_positive("classical", "beta", beta)
+        layer = Layer(eqx.Partial(lagrangians.tanh, beta=beta), shape=(self.dim,), tau=tau, check_convexity=False)
+        synapses, connections = {"w": Dense(self.weights)}, {"w": ("v",)}
+        if self.bias is not None:
+            synapses["b"], connections["b"] = Bias(self.bias), ("v",)
+        return HAM(layers={"v": layer}, synapses=synapses, connections=connections)
+
+    @property
+    def network(self) -> HAM:
+        return self.make_network()
+
+    def relax(self, queries, beta=None, **relax_kwargs) -> Solution:
+        """Continuous dynamics from internal state ``x = queries`` via [`ham.relax`][]."""
+        q, single = as_queries("classical", queries, self.dim, self.patterns.dtype)
+        sol = _relax_jit(self.make_network(beta), {"v": q[0] if single else q}, relax_kwargs)
+        return sol
+
+    def retrieve_continuous(self, queries, beta=None, **relax_kwargs) -> Float[Array, "*batch dim"]:
+        r"""The activations $\tanh(\beta x^*)$ at the fixed point of the continuous dynamics."""
+        net = self.make_network(beta)
+        sol = self.relax(queries, beta, **relax_kwargs)
+        return net.activations(sol.states)["v"]
+
+
+@eqx.filter_jit
+def _relax_jit(net, xs0, kwargs):
+    return relax(net, xs0, **kwargs)
+
+
+def classical(
+    patterns: Float[Array, "num_patterns dim"], *, beta: float = 1.0, bias=None, binarize: bool = False
+) -> ClassicalHopfield:
+    r"""Classical Hopfield network storing ±1 ``patterns`` (Hopfield 1982) with Hebbian
+    weights $W = \frac1N\sum_\mu\xi_\mu\xi_\mu^\top$, $W_{ii}=0$.
+
+    Patterns that are not ±1 are refused with a ValueError unless ``binarize=True``
+    (then $\xi \leftarrow \mathrm{sign}(\xi)$, 0 -> +1). ``beta`` is the tanh gain of the
+    continuous version (``network``, ``retrieve_continuous``).
+    """
+    p = as_patterns("classical", patterns)
+    p = _binary_patterns("classical", p, binarize)
+    n = p.shape[1]
+    w = (p.T @ p) / n
+    w = w * (1.0 - jnp.eye(n, dtype=w.dtype))
+    b = None if bias is None else jnp.asarray(bias, p.dtype)
+    return ClassicalHopfield(patterns=p, weights=w, bias=b, beta=beta)
+
+
+def _binary_patterns(model, p, do_binarize):
+    if do_binarize:
+        return binarize(p)
+    check_pm1(model, p)
+    return p
+
+
+# ============================================================================ dense
+def _power(z, n: int, rectified: bool):
+    return (jnp.maximum(z, 0.0) if rectified else z) ** n
+
+
+def _dam_lagrangian(h, n: int, rectified: bool):
+    """$L_h = \\sum_\\mu F(h_\\mu)$ with $F(z) = z^n$ (even n) or $\\max(z,0)^n$."""
+    return jnp.sum(_power(h, n, rectified))
+
+
+class DenseAssociativeMemory(_BinaryMemory):
+    r"""Dense Associative Memory (Krotov & Hopfield 2016, "Dense associative memory for
+    pattern recognition"): $E(\sigma) = -\sum_\mu F(\xi_\mu\cdot\sigma)$ with
+    $F(z) = z^n$, or $\max(z,0)^n$ when ``rectified``.
+
+    Update (eq. 3 of the paper): $\sigma_i \leftarrow \mathrm{sign}\big(\sum_\mu
+    F(\xi_\mu\cdot\sigma^{(i+)}) - F(\xi_\mu\cdot\sigma^{(i-)})\big)$, where
+    $\sigma^{(i\pm)}$ is $\sigma$ with $\sigma_i = \pm1$. The overlaps are divided by
+    $N$ inside the update (F is homogeneous, so the sign is unchanged) to avoid
+    overflow for large $n$.
+
+    ``network`` is Krotov & Hopfield 2021's model A (see
+    [`ham.memories.krotov_hopfield_2021`][]) when $F$ is convex (rectified, or even
+    $n$), else ``None``.
+    """
+
+    patterns: Float[Array, "num_patterns dim"]
+    n: int = eqx.field(static=True, default=3)
+    rectified: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        if not isinstance(self.n, int) or self.n < 2:
+            raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {self.n!r}.")
+
+    def interaction(self, z):
+        """$F(z)$."""
+        return _power(z, self.n, self.rectified)
+
+    def _aux(self, s):
+        return self.patterns @ s
+
+    def _score(self, aux, s, i):
+        col = self.patterns[:, i]
+        m0 = (aux - col * s[i]) / self.dim
+        c = col / self.dim
+        return jnp.sum(self.interaction(m0 + c) - self.interaction(m0 - c))
+
+    def _flip(self, aux, i, ds):
+        return aux + self.patterns[:, i] * ds
+
+    def _energy_one(self, s):
+        return -jnp.sum(self.interaction(self.patterns @ s))
+
+    @property
+    def network(self) -> HAM | None:
+        if not (self.rectified or self.n % 2 == 0):
+            return None
+        from ._krotov_hopfield import krotov_hopfield_2021
+
+        return krotov_hopfield_2021(self.patterns, model="A", n=self.n, rectified=self.rectified).network
+
+
+class ExponentialAssociativeMemory(_BinaryMemory):
+    r"""Exponential Dense Associative Memory (Demircigil et al. 2017, "On a model of
+    associative memory with huge storage capacity"): $E(\sigma) = -\sum_\mu
+    \exp(\beta\,\xi_\mu\cdot\sigma)$, with the same update rule as
+    [`DenseAssociativeMemory`][] and $F = \exp(\beta\,\cdot)$.
+
+    The update compares $\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma^{(i+)}}$ with
+    $\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma^{(i-)}}$ (log-sum-exp shifts by the largest
+    overlap), so it never overflows. ``energy`` is the exact $-\sum_\mu e^{\beta
+    \xi_\mu\cdot\sigma}$ (it is $-\infty$ once $\beta\max_\mu\xi_\mu\cdot\sigma$ passes
+    the dtype's exponent range); ``log_energy`` $= -\beta^{-1}\log(-E)$ is an
+    increasing function of it that is always finite.
+    """
+
+    patterns: Float[Array, "num_patterns dim"]
+    beta: float | Array = 1.0
+
+    def __check_init__(self):
+        check_positive("exponential", "beta", self.beta)
+
+    def _aux(self, s):
+        return self.patterns @ s
+
+    def _score(self, aux, s, i):
+        col = self.patterns[:, i]
+        m0 = aux - col * s[i]
+        return jax.nn.logsumexp(self.beta * (m0 + col)) - jax.nn.logsumexp(self.beta * (m0 - col))
+
+    def _flip(self, aux, i, ds):
+        return aux + self.patterns[:, i] * ds
+
+    def _energy_one(self, s):
+        return -jnp.exp(jax.nn.logsumexp(self.beta * (self.patterns @ s)))
+
+    def log_energy(self, state) -> Float[Array, "*batch"]:
+        r"""$-\beta^{-1}\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$, increasing in ``energy``."""
+        fn = lambda s: -jax.nn.logsumexp(self.beta * (self.patterns @ s)) / self.beta  # noqa: E731
+        return per_state("exponential", fn, state, self.dim)
+
+    @property
+    def network(self) -> HAM:
+        from ._krotov_hopfield import krotov_hopfield_2021
+
+        return krotov_hopfield_2021(self.patterns, model="A", interaction="exponential", beta=self.beta).network
+
+
+def dense(
+    patterns: Float[Array, "num_patterns dim"], n: int = 3, rectified: bool = False, *, binarize: bool = False
+) -> DenseAssociativeMemory:
+    r"""Dense Associative Memory (Krotov & Hopfield 2016) with $F(z) = z^n$ (or
+    $\max(z,0)^n$ when ``rectified``) storing ±1 ``patterns``; ``n >= 2`` (n = 2 is the
+    classical network up to a constant). Non-±1 patterns raise unless ``binarize=True``."""
+    p = _binary_patterns("dense", as_patterns("dense", patterns), binarize)
+    if isinstance(n, bool) or not isinstance(n, int):
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        else:
+            raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {n!r}.")
+    return DenseAssociativeMemory(patterns=p, n=n, rectified=bool(rectified))
+
+
+def exponential(
+    patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, binarize: bool = False
+) -> ExponentialAssociativeMemory:
+    r"""Exponential DAM (Demircigil et al. 2017), $F(z) = e^{\beta z}$, storing ±1
+    ``patterns``. Non-±1 patterns raise unless ``binarize=True``."""
+    p = _binary_patterns("exponential", as_patterns("exponential", patterns), binarize)
+    return ExponentialAssociativeMemory(patterns=p, beta=beta)

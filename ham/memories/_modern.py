@@ -1,0 +1,129 @@
+r"""The modern continuous Hopfield network (Ramsauer et al. 2020, "Hopfield networks is
+all you need") as a two-layer HAM."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Scalar
+
+from .. import lagrangians
+from ..layer import Layer
+from ..network import HAM
+from ..solve import Solution, relax
+from ..synapses import Dense
+from ._common import as_patterns, as_queries, check_positive, per_state
+
+__all__ = ["ModernHopfield", "modern"]
+
+
+def modern_update(patterns: Float[Array, "K D"], beta, q: Float[Array, " D"]) -> Float[Array, " D"]:
+    r"""One update $\xi \leftarrow \Xi^\top \mathrm{softmax}(\beta\,\Xi\xi)$ of one query."""
+    return patterns.T @ jax.nn.softmax(beta * (patterns @ q))
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _retrieve(patterns, beta, queries, steps: int):
+    one = lambda q: modern_update(patterns, beta, q)  # noqa: E731
+    batched = jax.vmap(one)
+    if steps == 1:
+        return batched(queries)
+    return jax.lax.fori_loop(0, steps, lambda _, x: batched(x), queries)
+
+
+class ModernHopfield(eqx.Module):
+    r"""Modern continuous Hopfield network (Ramsauer et al. 2020).
+
+    - update (eq. 3): $\xi \leftarrow \Xi^\top\mathrm{softmax}(\beta\,\Xi\xi)$, one step
+      retrieves (the paper's one-step retrieval); it is softmax attention with the
+      query $\xi$ and keys = values = the stored patterns $\Xi$ (rows).
+    - energy (eq. 2): $E(\xi) = -\beta^{-1}\log\sum_\mu e^{\beta\xi_\mu\cdot\xi}
+      + \tfrac12\xi^\top\xi + \beta^{-1}\log K + \tfrac12 M^2$, $M = \max_\mu\|\xi_\mu\|$.
+    - ``network``: a visible layer with the identity Lagrangian and a hidden layer with
+      the softmax Lagrangian (gain β) joined by ``Dense(Ξᵀ)`` (Krotov & Hopfield 2021,
+      model B). With fast hidden neurons ($\tau_h\to 0$, $h = \Xi v$) its dynamics are
+      $\tau_v\dot v = -v + \Xi^\top\mathrm{softmax}(\beta\Xi v)$, whose fixed points are
+      the fixed points of the update, and its energy equals $E$ up to a constant.
+    """
+
+    patterns: Float[Array, "num_patterns dim"]
+    beta: float | Array = 1.0
+    hidden_tau: float = eqx.field(static=True, default=0.1)
+
+    def __check_init__(self):
+        check_positive("modern", "beta", self.beta)
+        check_positive("modern", "hidden_tau", self.hidden_tau)
+
+    @property
+    def dim(self) -> int:
+        return self.patterns.shape[1]
+
+    @property
+    def num_patterns(self) -> int:
+        return self.patterns.shape[0]
+
+    def retrieve(self, queries: Float[Array, "*batch dim"], steps: int = 1) -> Float[Array, "*batch dim"]:
+        """``steps`` updates $\\xi \\leftarrow \\Xi^\\top\\mathrm{softmax}(\\beta\\Xi\\xi)$
+        of ``queries`` (``(dim,)`` or ``(batch, dim)``), jit-compiled and vmapped."""
+        if int(steps) < 1:
+            raise ValueError(f"modern.retrieve: steps must be >= 1, got {steps}.")
+        q, single = as_queries("modern", queries, self.dim, self.patterns.dtype)
+        out = _retrieve(self.patterns, self.beta, q, int(steps))
+        return out[0] if single else out
+
+    def _energy_one(self, x) -> Scalar:
+        p = self.patterns
+        lse = jax.nn.logsumexp(self.beta * (p @ x)) / self.beta
+        big_m = jnp.max(jnp.sum(p * p, axis=-1))
+        return -lse + 0.5 * jnp.vdot(x, x) + jnp.log(self.num_patterns) / self.beta + 0.5 * big_m
+
+    def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
+        """Ramsauer et al.'s energy $E(\\xi)$ (per batch element)."""
+        return per_state("modern", self._energy_one, state, self.dim)
+
+    def make_network(self, hidden_tau: float | None = None, visible_tau: float = 1.0) -> HAM:
+        """The two-layer HAM (visible identity, hidden softmax(β), ``Dense(Ξᵀ)``)."""
+        hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
+        check_positive("modern", "hidden_tau", hidden_tau)
+        return HAM(
+            layers={
+                "v": Layer(lagrangians.identity, shape=(self.dim,), tau=visible_tau, check_convexity=False),
+                "h": Layer(eqx.Partial(lagrangians.softmax, beta=self.beta), shape=(self.num_patterns,),
+                           tau=hidden_tau, check_convexity=False),
+            },
+            synapses={"xi": Dense(self.patterns.T)},
+            connections={"xi": ("v", "h")},
+        )
+
+    @property
+    def network(self) -> HAM:
+        return self.make_network()
+
+    def init_states(self, queries) -> dict[str, Array]:
+        """HAM states for ``queries``: $v = $ query, hidden at its equilibrium $h = \\Xi v$."""
+        q, single = as_queries("modern", queries, self.dim, self.patterns.dtype)
+        xs = {"v": q, "h": q @ self.patterns.T}
+        return {k: v[0] for k, v in xs.items()} if single else xs
+
+    def relax(self, queries, hidden_tau: float | None = None, **relax_kwargs) -> Solution:
+        """Run the HAM dynamics from ``init_states(queries)`` to a fixed point with
+        [`ham.relax`][] (jit-compiled); ``solution.states["v"]`` is the retrieved pattern."""
+        net = self.make_network(hidden_tau)
+        return _relax_jit(net, self.init_states(queries), relax_kwargs)
+
+
+@eqx.filter_jit
+def _relax_jit(net, xs0, kwargs):
+    return relax(net, xs0, **kwargs)
+
+
+def modern(patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, hidden_tau: float = 0.1) -> ModernHopfield:
+    r"""Modern continuous Hopfield network (Ramsauer et al. 2020) storing the rows of
+    ``patterns`` with inverse temperature ``beta`` > 0. ``hidden_tau`` is the hidden
+    layer's time constant in ``network``/``relax`` (small = the fast-hidden limit)."""
+    p = as_patterns("modern", patterns)
+    return ModernHopfield(patterns=p, beta=beta, hidden_tau=hidden_tau)

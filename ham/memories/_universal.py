@@ -1,0 +1,245 @@
+r"""Universal Hopfield Networks (Millidge et al. 2022, "Universal Hopfield networks: a
+general framework for single-shot associative memory models").
+
+Single-shot retrieval $z = P^\top\,\mathrm{sep}(\mathrm{sim}(M, q))$: similarity of
+the query to every stored memory (rows of $M$), a separation function sharpening the
+scores, and a projection $P$ (= $M$ for auto-association).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Scalar
+
+from ..network import HAM
+from ._common import as_patterns, as_queries, check_positive, per_state
+
+__all__ = ["UniversalHopfield", "universal", "SIMILARITIES", "SEPARATIONS"]
+
+_EPS = 1e-12
+
+
+def _dot(m, q):
+    return m @ q
+
+
+def _cosine(m, q):
+    mn = jnp.sqrt(jnp.sum(m * m, axis=-1))
+    qn = jnp.sqrt(jnp.sum(q * q))
+    return (m @ q) / jnp.maximum(mn * qn, _EPS)
+
+
+def _euclidean(m, q):
+    d = m - q
+    return -jnp.sum(d * d, axis=-1)
+
+
+def _manhattan(m, q):
+    return -jnp.sum(jnp.abs(m - q), axis=-1)
+
+
+def _euclidean_reciprocal(m, q):
+    d = m - q
+    return 1.0 / jnp.maximum(jnp.sum(d * d, axis=-1), _EPS)
+
+
+def _manhattan_reciprocal(m, q):
+    return 1.0 / jnp.maximum(jnp.sum(jnp.abs(m - q), axis=-1), _EPS)
+
+
+def _hamming(m, q):
+    """Number of components where memory and query agree (N − Hamming distance)."""
+    return jnp.sum(m == q[None, :], axis=-1).astype(q.dtype)
+
+
+SIMILARITIES: dict[str, Callable] = {
+    "dot": _dot,
+    "cosine": _cosine,
+    "euclidean": _euclidean,
+    "manhattan": _manhattan,
+    "euclidean_reciprocal": _euclidean_reciprocal,
+    "manhattan_reciprocal": _manhattan_reciprocal,
+    "hamming": _hamming,
+}
+SEPARATIONS = ("identity", "polynomial", "softmax", "max", "threshold")
+
+
+class UniversalHopfield(eqx.Module):
+    r"""Universal Hopfield Network (Millidge et al. 2022): $z = P^\top\mathrm{sep}(
+    \mathrm{sim}(M, q))$.
+
+    - similarity ``sim(M, q)`` $\in\mathbb R^K$: ``"dot"`` $M q$; ``"cosine"``;
+      ``"euclidean"`` $-\|q-m_\mu\|^2$; ``"manhattan"`` $-\sum_i|q_i-m_{\mu i}|$;
+      ``"euclidean_reciprocal"`` $1/\|q-m_\mu\|^2$ and ``"manhattan_reciprocal"``
+      $1/\sum_i|q_i-m_{\mu i}|$ (the paper's code); ``"hamming"`` the number of equal
+      components; or a callable ``(M (K,D), q (D,)) -> (K,)``.
+    - separation: ``"identity"``; ``"polynomial"`` $s^n$; ``"softmax"``
+      $\mathrm{softmax}(\beta s)$; ``"max"`` one-hot argmax; ``"threshold"``
+      $[s \ge \theta]$; or a callable ``(K,) -> (K,)``.
+    - ``normalize=True`` divides the scores by their sum before and after separation.
+
+    An energy exists for auto-association with the dot similarity and no
+    normalisation: $E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$ with $\nabla\Phi = $ sep
+    ($\Phi = \tfrac12\|s\|^2$, $\sum s^{n+1}/(n+1)$, $\beta^{-1}\log\sum e^{\beta s}$,
+    $\max s$), so the retrieval $z = M^\top\mathrm{sep}(Mq)$ is the point where
+    $\nabla E = 0$ would hold at $q = z$. Dot/softmax is [`ham.memories.modern`][].
+    """
+
+    patterns: Float[Array, "num_patterns dim"]
+    projection: Float[Array, "num_patterns out"]
+    similarity: str | Callable = eqx.field(static=True, default="dot")
+    separation: str | Callable = eqx.field(static=True, default="softmax")
+    beta: float | Array = 1.0
+    n: float = eqx.field(static=True, default=2)
+    threshold: float | Array = 0.0
+    normalize: bool = eqx.field(static=True, default=False)
+    auto: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if isinstance(self.similarity, str) and self.similarity not in SIMILARITIES:
+            raise ValueError(
+                f"universal: unknown similarity {self.similarity!r}; valid names are "
+                f"{sorted(SIMILARITIES)} or a callable (memories (K, D), query (D,)) -> (K,)."
+            )
+        if not isinstance(self.similarity, str) and not callable(self.similarity):
+            raise ValueError(f"universal: similarity must be a name or a callable, got {self.similarity!r}.")
+        if isinstance(self.separation, str) and self.separation not in SEPARATIONS:
+            raise ValueError(
+                f"universal: unknown separation {self.separation!r}; valid names are "
+                f"{list(SEPARATIONS)} or a callable (K,) -> (K,)."
+            )
+        if not isinstance(self.separation, str) and not callable(self.separation):
+            raise ValueError(f"universal: separation must be a name or a callable, got {self.separation!r}.")
+        if self.separation == "softmax":
+            check_positive("universal", "beta", self.beta)
+        if self.separation == "polynomial" and not self.n > 0:
+            raise ValueError(f"universal: polynomial separation needs n > 0, got {self.n!r}.")
+        if self.projection.shape[0] != self.patterns.shape[0]:
+            raise ValueError(
+                f"universal: projection must have one row per stored pattern: patterns have shape "
+                f"{tuple(self.patterns.shape)}, projection {tuple(self.projection.shape)}."
+            )
+
+    @property
+    def dim(self) -> int:
+        return self.patterns.shape[1]
+
+    # ------------------------------------------------------------------ maths of one query
+    def scores(self, q: Float[Array, " dim"]) -> Float[Array, " num_patterns"]:
+        """$\\mathrm{sep}(\\mathrm{sim}(M, q))$ for one query (normalised if asked)."""
+        sim = SIMILARITIES[self.similarity] if isinstance(self.similarity, str) else self.similarity
+        s = sim(self.patterns, q)
+        if self.normalize:
+            s = s / jnp.sum(s)
+        s = self._separate(s)
+        if self.normalize:
+            s = s / jnp.sum(s)
+        return s
+
+    def _separate(self, s):
+        sep = self.separation
+        if callable(sep):
+            return sep(s)
+        if sep == "identity":
+            return s
+        if sep == "polynomial":
+            return s**self.n
+        if sep == "softmax":
+            return jax.nn.softmax(self.beta * s)
+        if sep == "max":
+            return jax.nn.one_hot(jnp.argmax(s), s.shape[0], dtype=s.dtype)
+        return (s >= self.threshold).astype(s.dtype)  # threshold
+
+    def _retrieve_one(self, q):
+        return self.projection.T @ self.scores(q)
+
+    def retrieve(self, queries: Float[Array, "*batch dim"]) -> Float[Array, "*batch out"]:
+        """Single-shot $z = P^\\top\\mathrm{sep}(\\mathrm{sim}(M, q))$ of ``queries``
+        (``(dim,)`` or ``(batch, dim)``), jit-compiled and vmapped."""
+        q, single = as_queries("universal", queries, self.dim, self.patterns.dtype)
+        out = _retrieve_batch(self, q)
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ energy
+    @property
+    def has_energy(self) -> bool:
+        return (
+            self.auto and self.similarity == "dot" and not self.normalize
+            and self.separation in ("identity", "polynomial", "softmax", "max")
+        )
+
+    def _potential(self, s):
+        sep = self.separation
+        if sep == "identity":
+            return 0.5 * jnp.sum(s * s)
+        if sep == "polynomial":
+            return jnp.sum(s ** (self.n + 1)) / (self.n + 1)
+        if sep == "softmax":
+            return jax.nn.logsumexp(self.beta * s) / self.beta
+        return jnp.max(s)
+
+    def _energy_one(self, q) -> Scalar:
+        return 0.5 * jnp.vdot(q, q) - self._potential(self.patterns @ q)
+
+    def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
+        r"""$E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$, $\nabla\Phi = $ sep; only for
+        auto-association with the dot similarity (ValueError otherwise)."""
+        if not self.has_energy:
+            raise ValueError(
+                f"universal: no energy is known for similarity={self.similarity!r}, separation="
+                f"{self.separation!r}, normalize={self.normalize}, auto-associative={self.auto}; one exists "
+                "for auto-association with similarity='dot' and separation identity/polynomial/softmax/max."
+            )
+        return per_state("universal", self._energy_one, state, self.dim)
+
+    @property
+    def network(self) -> HAM | None:
+        """For dot/softmax auto-association the modern Hopfield HAM; else ``None``."""
+        if self.has_energy and self.separation == "softmax":
+            from ._modern import modern
+
+            return modern(self.patterns, self.beta).network
+        return None
+
+
+@eqx.filter_jit
+def _retrieve_batch(model: UniversalHopfield, q):
+    return jax.vmap(model._retrieve_one)(q)
+
+
+def universal(
+    patterns: Float[Array, "num_patterns dim"],
+    similarity: str | Callable = "dot",
+    separation: str | Callable = "softmax",
+    *,
+    beta: float = 1.0,
+    n: float = 2,
+    threshold: float = 0.0,
+    projection: Float[Array, "num_patterns out"] | None = None,
+    normalize: bool = False,
+) -> UniversalHopfield:
+    r"""A Universal Hopfield Network (Millidge et al. 2022) with memories ``patterns``
+    (rows); ``projection`` (one row per memory) makes it hetero-associative. See
+    [`UniversalHopfield`][] for the similarity and separation names."""
+    p = as_patterns("universal", patterns)
+    auto = projection is None
+    proj = p if auto else as_patterns("universal", projection, "projection")
+    if isinstance(similarity, str) and similarity not in SIMILARITIES:
+        raise ValueError(
+            f"universal: unknown similarity {similarity!r}; valid names are {sorted(SIMILARITIES)} "
+            "or a callable (memories (K, D), query (D,)) -> (K,)."
+        )
+    if isinstance(separation, str) and separation not in SEPARATIONS:
+        raise ValueError(
+            f"universal: unknown separation {separation!r}; valid names are {list(SEPARATIONS)} "
+            "or a callable (K,) -> (K,)."
+        )
+    return UniversalHopfield(
+        patterns=p, projection=proj, similarity=similarity, separation=separation, beta=beta, n=n,
+        threshold=threshold, normalize=bool(normalize), auto=auto,
+    )
