@@ -23,6 +23,7 @@ from ._binary import (
 )
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
+from ._sdm import SparseDistributedMemory, sdm
 from ._universal import SEPARATIONS, SIMILARITIES, UniversalHopfield, universal
 
 __all__ = [
@@ -31,12 +32,14 @@ __all__ = [
     "exponential",
     "modern",
     "universal",
+    "sdm",
     "krotov_hopfield_2021",
     "ClassicalHopfield",
     "DenseAssociativeMemory",
     "ExponentialAssociativeMemory",
     "ModernHopfield",
     "UniversalHopfield",
+    "SparseDistributedMemory",
     "LargeAssociativeMemory",
     "SIMILARITIES",
     "SEPARATIONS",

@@ -97,6 +97,17 @@ class _BinaryMemory(eqx.Module):
         s, _, k, changed = jax.lax.while_loop(cond, step, (s0, self._aux(s0), jnp.asarray(0), jnp.asarray(True)))
         return s, k, ~changed
 
+    def async_energy_trace(
+        self, query: Float[Array, " dim"], sweeps: int = 2, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "updates dim"], Float[Array, " updates"]]:
+        """States and energies after every single-neuron update of ``sweeps`` asynchronous
+        sweeps from ``sign(query)`` (the same rule as ``retrieve(mode="async")``, for
+        inspecting the descent); the first row is the initial state."""
+        q, single = as_queries(type(self).__name__, query, self.dim, self.patterns.dtype)
+        if not single:
+            raise ValueError(f"{type(self).__name__}.async_energy_trace: takes one query of shape ({self.dim},).")
+        return _trace(self, binarize(q[0]), key, int(sweeps))
+
     def _check_mode(self, mode, max_sweeps):
         if mode not in _MODES:
             raise ValueError(f"{type(self).__name__}.retrieve: mode must be one of {_MODES}, got {mode!r}.")
@@ -145,6 +156,27 @@ def _run_batch(model: _BinaryMemory, s0, key, mode, max_sweeps):
     keys = jax.random.split(key, b) if random_order else jnp.zeros((b, 2), jnp.uint32)
     fn = lambda s, k: model._run_one(s, k, mode, max_sweeps, random_order)  # noqa: E731
     return jax.vmap(fn)(s0, keys)
+
+
+@eqx.filter_jit
+def _trace(model: _BinaryMemory, s0, key, sweeps):
+    n = s0.shape[0]
+
+    def sweep(c, k):
+        order = jax.random.permutation(jax.random.fold_in(key, k), n) if key is not None else jnp.arange(n)
+
+        def update(c, i):
+            s, aux = c
+            new_i = _sign_keep(model._score(aux, s, i), s[i])
+            aux = model._flip(aux, i, new_i - s[i])
+            s = s.at[i].set(new_i)
+            return (s, aux), s
+
+        return jax.lax.scan(update, c, order)
+
+    _, states = jax.lax.scan(sweep, (s0, model._aux(s0)), jnp.arange(sweeps))
+    states = jnp.concatenate([s0[None], states.reshape(-1, n)])
+    return states, jax.vmap(model._energy_one)(states)
 
 
 # ============================================================================ classical

@@ -63,8 +63,8 @@ def as_queries(model: str, queries, dim: int, dtype) -> tuple[Array, bool]:
             f"{model}: queries must have shape (dim,) or (batch, dim) with dim={dim} "
             f"(the patterns' dimension), got shape {tuple(q.shape)}."
         )
-    if not jnp.issubdtype(q.dtype, jnp.floating):
-        q = q.astype(dtype)
+    # One dtype (the patterns'), never weakly typed: a jitted retrieval compiles once.
+    q = q.astype(dtype)
     single = q.ndim == 1
     return (q[None] if single else q), single
 
