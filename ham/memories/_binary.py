@@ -225,7 +225,9 @@ class ClassicalHopfield(_BinaryMemory):
         """The continuous classical network (tanh neurons of gain ``beta``)."""
         beta = self.beta if beta is None else beta
         check_positive("classical", "beta", beta)
-        layer = Layer(eqx.Partial(lagrangians.tanh, beta=beta), shape=(self.dim,), tau=tau, check_convexity=False)
+        dt = self.patterns.dtype  # array leaves: new values of beta/tau do not recompile a jitted relax
+        layer = Layer(eqx.Partial(lagrangians.tanh, beta=jnp.asarray(beta, dt)), shape=(self.dim,),
+                      tau=jnp.asarray(tau, dt), check_convexity=False)
         synapses, connections = {"w": Dense(self.weights)}, {"w": ("v",)}
         if self.bias is not None:
             synapses["b"], connections["b"] = Bias(self.bias), ("v",)

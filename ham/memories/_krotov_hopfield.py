@@ -89,9 +89,10 @@ class LargeAssociativeMemory(eqx.Module):
         check_positive("krotov_hopfield_2021", "hidden_tau", hidden_tau)
         return HAM(
             layers={
-                "v": Layer(self.visible_lagrangian, shape=(self.dim,), tau=self.visible_tau,
+                "v": Layer(self.visible_lagrangian, shape=(self.dim,), tau=jnp.asarray(self.visible_tau, self.patterns.dtype),
                            check_convexity=check_convexity),
-                "h": Layer(self.hidden_lagrangian, shape=(self.num_patterns,), tau=hidden_tau,
+                "h": Layer(self.hidden_lagrangian, shape=(self.num_patterns,),
+                           tau=jnp.asarray(hidden_tau, self.patterns.dtype),
                            check_convexity=check_convexity),
             },
             synapses={"xi": Dense(self.patterns.T)},

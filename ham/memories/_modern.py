@@ -89,11 +89,12 @@ class ModernHopfield(eqx.Module):
         """The two-layer HAM (visible identity, hidden softmax(β), ``Dense(Ξᵀ)``)."""
         hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
         check_positive("modern", "hidden_tau", hidden_tau)
+        dt = self.patterns.dtype  # array leaves: new values of beta/tau do not recompile a jitted relax
         return HAM(
             layers={
-                "v": Layer(lagrangians.identity, shape=(self.dim,), tau=visible_tau, check_convexity=False),
-                "h": Layer(eqx.Partial(lagrangians.softmax, beta=self.beta), shape=(self.num_patterns,),
-                           tau=hidden_tau, check_convexity=False),
+                "v": Layer(lagrangians.identity, shape=(self.dim,), tau=jnp.asarray(visible_tau, dt), check_convexity=False),
+                "h": Layer(eqx.Partial(lagrangians.softmax, beta=jnp.asarray(self.beta, dt)), shape=(self.num_patterns,),
+                           tau=jnp.asarray(hidden_tau, dt), check_convexity=False),
             },
             synapses={"xi": Dense(self.patterns.T)},
             connections={"xi": ("v", "h")},
