@@ -13,6 +13,7 @@ Every model has ``retrieve(queries)`` (batched over a leading axis, jit-compiled
 ``energy(state)`` and ``network`` (the [`ham.HAM`][] it is, or ``None``).
 """
 
+from ._convolutional import convolutional
 from ._binary import (
     ClassicalHopfield,
     DenseAssociativeMemory,
@@ -34,6 +35,7 @@ __all__ = [
     "universal",
     "sdm",
     "krotov_hopfield_2021",
+    "convolutional",
     "ClassicalHopfield",
     "DenseAssociativeMemory",
     "ExponentialAssociativeMemory",

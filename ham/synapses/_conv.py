@@ -207,7 +207,7 @@ class Pool(Synapse):
         """The pooled image of one unbatched image."""
         pad = self.padding if isinstance(self.padding, str) else (*self.padding, (0, 0))
         out = lax.reduce_window(
-            g, jnp.zeros((), g.dtype), lax.add, (*self.window, 1), (*self.stride, 1), pad
+            g, 0.0, lax.add, (*self.window, 1), (*self.stride, 1), pad
         )
         if self.kind == "avg":
             out = out / (self.window[0] * self.window[1])
