@@ -130,19 +130,19 @@ def rectified_polynomial(x: Float[Array, "..."], n: float = 2) -> Scalar:
 
 
 def exponential(
-    x: Float[Array, "..."], beta: float | ArrayLike = 1.0, max_exponent: float = 80.0
+    x: Float[Array, "..."], beta: float | ArrayLike = 1.0, max_exponent: float = 60.0
 ) -> Scalar:
     r"""$L = \beta^{-1}\sum_i e^{\beta x_i}$, activation $g = e^{\beta x}$ (the
     exponential interaction of Demircigil et al. 2017).
 
-    To stay finite, for $z = \beta x > z_{max}$ (``max_exponent``, default 80, safe in
-    float32) the exponential is continued by its tangent line
+    To stay finite, for $z = \beta x > z_{max}$ (``max_exponent``, default 60, so that
+    even the value stays finite in float32 for $z$ up to ~$10^{12}$) the exponential is continued by its tangent line
     $e^{z_{max}}(1 + z - z_{max})$: still convex and $C^1$, and $g$ saturates at
     $e^{z_{max}}$ instead of overflowing to ``inf``.
     """
     _check_positive("exponential", beta)
     z = beta * x
-    zc = jnp.minimum(z, max_exponent)
+    zc = jnp.where(z > max_exponent, max_exponent, z)
     e = jnp.exp(zc)
     return jnp.sum(jnp.where(z > max_exponent, e * (1.0 + z - max_exponent), e)) / beta
 
