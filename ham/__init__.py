@@ -6,6 +6,7 @@ autodiff; retrieval is the continuous dynamics integrated by diffrax to a fixed 
 
 from . import lagrangians, lyapunov, synapses
 from . import memories
+from . import energy_transformer
 from .layer import Layer
 from .network import HAM
 from .solve import Solution, default_tolerances, descend, relax

@@ -1,0 +1,170 @@
+r"""The Energy Transformer (Hoover et al. 2023, "Energy Transformer", NeurIPS) as a
+[`ham.HAM`][]: one layer of tokens with the layer-norm Lagrangian, a multi-head
+[`ham.synapses.Attention`][] energy and a token-wise [`ham.synapses.Hopfield`][]
+energy, all joined to that layer:
+
+$E = E_{\text{tokens}} + E^{\text{ATT}}(g) + E^{\text{HN}}(g)$, $g = \partial L/\partial x$,
+$L(x) = \sum_B D\gamma\sqrt{\mathrm{var}(x_B) + \epsilon} + \delta\cdot x_B$.
+
+Inference is ham's dynamics $\tau\dot x = -\partial E/\partial g$: the paper's discrete
+descent $x \leftarrow x - \alpha\,\partial E/\partial g$ for $T$ steps
+([`ham.descend`][]) or the continuous ODE to a fixed point ([`ham.relax`][]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Scalar
+
+from . import lagrangians
+from .layer import Layer
+from .network import HAM
+from .solve import Solution, descend, relax
+from .synapses import Attention, Hopfield
+
+__all__ = ["LayerNormLagrangian", "EnergyTransformer", "patchify", "unpatchify"]
+
+TOKENS = "tokens"
+
+
+class LayerNormLagrangian(eqx.Module):
+    r"""The layer-norm Lagrangian with learnable $\gamma$ (scalar) and $\delta$
+    (per feature): ``ham.lagrangians.layernorm(x, gamma, delta, eps)``, whose
+    activation is $g = \gamma (x - \bar x)/\sqrt{\mathrm{var}(x) + \epsilon} + \delta$
+    per token (last axis). Convex, hence a valid Lagrangian, for $\gamma \ge 0$."""
+
+    gamma: float | Float[Array, ""]
+    delta: float | Float[Array, "dim"]
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    def __check_init__(self):
+        gamma = self.gamma
+        if not isinstance(gamma, jax.core.Tracer) and bool(jnp.any(jnp.asarray(gamma) < 0)):
+            raise ValueError(f"LayerNormLagrangian: gamma must be >= 0 (convexity), got {gamma}.")
+        if not self.eps > 0:
+            raise ValueError(f"LayerNormLagrangian: eps must be > 0, got {self.eps}.")
+
+    def __call__(self, x: Float[Array, "... dim"]) -> Scalar:
+        return lagrangians.layernorm(x, self.gamma, self.delta, self.eps)
+
+
+class EnergyTransformer(eqx.Module):
+    r"""An Energy Transformer block on ``tokens`` tokens of dimension ``dim``.
+
+    **Arguments:**
+
+    - ``tokens``, ``dim``: the token layer's shape ``(tokens, dim)``.
+    - ``heads``, ``head_dim``: attention heads and their key/query size (default
+      ``dim // heads``).
+    - ``memories``: number of Hopfield memories $\xi_\mu$ (default ``4 * dim``).
+    - ``kind``: Hopfield hidden units, ``"relu"`` (the paper's) or ``"softmax"``.
+    - ``beta``: attention inverse temperature (default $1/\sqrt{\text{head\_dim}}$);
+      ``hopfield_beta``: the softmax Hopfield's.
+    - ``mask``: optional attention mask ``(tokens, tokens)`` (see [`ham.synapses.Attention`][]).
+    - ``init_std``: standard deviation of the random initial weights (default
+      $1/\sqrt{\text{dim}}$); ``key``: the PRNG key for them.
+
+    The network is ``self.network`` (a [`ham.HAM`][] with layer ``"tokens"`` and
+    synapses ``"attention"``, ``"hopfield"``); $\gamma$ (init 1) and $\delta$ (init 0)
+    of the layer norm and all weights are arrays, so they train.
+    """
+
+    network: HAM
+
+    def __init__(
+        self,
+        tokens: int,
+        dim: int,
+        *,
+        heads: int = 4,
+        head_dim: int | None = None,
+        memories: int | None = None,
+        kind: str = "relu",
+        beta: float | None = None,
+        hopfield_beta: float = 1.0,
+        eps: float = 1e-5,
+        mask: ArrayLike | None = None,
+        init_std: float | None = None,
+        tau: float = 1.0,
+        key: PRNGKeyArray,
+    ):
+        if tokens < 1 or dim < 1 or heads < 1:
+            raise ValueError(f"EnergyTransformer: tokens, dim and heads must be >= 1, got {tokens}, {dim}, {heads}.")
+        head_dim = head_dim or max(1, dim // heads)
+        memories = memories or 4 * dim
+        std = init_std if init_std is not None else 1.0 / math.sqrt(dim)
+        kk, kq, kx = jax.random.split(key, 3)
+        attention = Attention(
+            std * jax.random.normal(kk, (heads, head_dim, dim)),
+            std * jax.random.normal(kq, (heads, head_dim, dim)),
+            beta=beta, mask=mask,
+        )
+        hopfield = Hopfield(std * jax.random.normal(kx, (memories, dim)), kind=kind, beta=hopfield_beta)
+        lagrangian = LayerNormLagrangian(jnp.ones(()), jnp.zeros((dim,)), eps)
+        self.network = HAM(
+            # Convex by construction (gamma >= 0 is checked above), so the numerical probe is skipped.
+            layers={TOKENS: Layer(lagrangian, (tokens, dim), tau=tau, check_convexity=False)},
+            synapses={"attention": attention, "hopfield": hopfield},
+            connections={"attention": (TOKENS,), "hopfield": (TOKENS,)},
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.network.layers[TOKENS].shape
+
+    def activations(self, x: Float[Array, "*batch tokens dim"]) -> Float[Array, "*batch tokens dim"]:
+        """The layer-normed tokens $g = \\partial L/\\partial x$."""
+        return self.network.activations({TOKENS: x})[TOKENS]
+
+    def energy(self, x: Float[Array, "*batch tokens dim"]) -> Float[Array, "*batch"]:
+        """Total energy, one value per batch element."""
+        return self.network.energy({TOKENS: x})
+
+    def descend(self, x0: Float[Array, "*batch tokens dim"], *, step_size: float = 0.1, steps: int = 12) -> Solution:
+        r"""The paper's inference: $T$ = ``steps`` steps of $x \leftarrow x - \alpha\,
+        \partial E/\partial g$ ([`ham.descend`][]); differentiable by unrolling."""
+        return descend(self.network, {TOKENS: x0}, step_size=step_size, steps=steps)
+
+    def relax(self, x0: Float[Array, "*batch tokens dim"], **kwargs) -> Solution:
+        """The continuous dynamics to a fixed point ([`ham.relax`][]; keywords passed on)."""
+        return relax(self.network, {TOKENS: x0}, **kwargs)
+
+
+def patchify(images: Float[ArrayLike, "n height width *channels"], patch: int) -> Float[Array, "n tokens patch_dim"]:
+    """Split images ``(n, H, W)`` or ``(n, H, W, C)`` into non-overlapping ``patch × patch``
+    patches, row-major: ``(n, (H/patch)·(W/patch), patch·patch·C)``."""
+    images = jnp.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"patchify: images must have shape (n, H, W) or (n, H, W, C), got {tuple(images.shape)}.")
+    n, h, w, c = images.shape
+    if patch < 1 or h % patch or w % patch:
+        raise ValueError(
+            f"patchify: image size {h}x{w} is not divisible by the patch size {patch}; choose a patch size that "
+            f"divides both (e.g. one of {[p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]})."
+        )
+    x = images.reshape(n, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(patches: Float[ArrayLike, "n tokens patch_dim"], image_shape: tuple[int, ...], patch: int) -> Array:
+    """Inverse of [`patchify`][]: patches back to images of ``image_shape`` ``(H, W)`` or ``(H, W, C)``."""
+    patches = jnp.asarray(patches)
+    h, w = image_shape[:2]
+    c = image_shape[2] if len(image_shape) == 3 else 1
+    n = patches.shape[0]
+    want = ((h // patch) * (w // patch), patch * patch * c)
+    if h % patch or w % patch or tuple(patches.shape[1:]) != want:
+        raise ValueError(
+            f"unpatchify: patches of shape {tuple(patches.shape)} do not tile images of shape {tuple(image_shape)} "
+            f"with patch size {patch} (expected (n, {want[0]}, {want[1]}))."
+        )
+    x = patches.reshape(n, h // patch, w // patch, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape((n, *image_shape))
+
+
