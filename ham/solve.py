@@ -180,7 +180,6 @@ def relax(
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)
-    xs0 = _check_finite(net, xs0)
     dtype = jnp.result_type(*xs0.values())
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.zeros(()).dtype
@@ -196,9 +195,14 @@ def relax(
     controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_tree_norm)
     if adjoint is None:
         adjoint = diffrax.ImplicitAdjoint()
-    implicit = isinstance(adjoint, diffrax.ImplicitAdjoint)
-    inner_adjoint = diffrax.RecursiveCheckpointAdjoint() if implicit else adjoint
+    inner_adjoint = diffrax.RecursiveCheckpointAdjoint() if isinstance(adjoint, diffrax.ImplicitAdjoint) else adjoint
     static = _Static((solver, controller, event_rtol, event_atol, int(max_steps), t1, dt0, inner_adjoint))
+    return _relax(net, xs0, static, adjoint, batch)
+
+
+@eqx.filter_jit
+def _relax(net, xs0, static, adjoint, batch):
+    implicit = isinstance(adjoint, diffrax.ImplicitAdjoint)
 
     def one(x0):
         inputs = (net, x0, static)
@@ -225,7 +229,7 @@ def relax(
     fn = one
     for _ in batch:
         fn = jax.vmap(fn)
-    final, energies, times, n, conv, code, res = fn(xs0)
+    final, energies, times, n, conv, code, res = fn(_check_finite(net, xs0))
     return Solution(final, energies, times, n, conv, code, res)
 
 
@@ -250,14 +254,17 @@ def descend(
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)
-    xs0 = _check_finite(net, xs0)
     if steps < 0:
         raise ValueError(f"ham.descend: steps must be >= 0, got {steps}.")
     dtype = jnp.result_type(*xs0.values())
     tol = default_tolerances(dtype)
     rtol = tol["event_rtol"] if rtol is None else rtol
     atol = tol["event_atol"] if atol is None else atol
+    return _descend(net, xs0, step_size, int(steps), rtol, atol, batch)
 
+
+@eqx.filter_jit
+def _descend(net, xs0, step_size, steps, rtol, atol, batch):
     def one(x0):
         def step(x, _):
             dx = net.vector_field(0.0, x)
@@ -276,4 +283,4 @@ def descend(
     fn = one
     for _ in batch:
         fn = jax.vmap(fn)
-    return Solution(*fn(xs0))
+    return Solution(*fn(_check_finite(net, xs0)))

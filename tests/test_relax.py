@@ -100,18 +100,36 @@ def test_energy_rate_formula_matches_finite_difference_of_energy(x64):
 
 
 def test_default_float32_relax_converges_on_many_random_networks():
-    """The steady-state event sits above the controller's error floor: no stalls."""
-    steps = []
-    for seed in range(12):
-        name = NAMES[seed % len(NAMES)]
-        net, xs = random_net(name, (4,), seed, 1.0, 0.5, 1.0)
-        net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, net)
-        xs = {k: v.astype(jnp.float32) for k, v in xs.items()}
-        sol = relax_jit(net, xs)
-        assert bool(sol.converged), (name, sol.reason, int(sol.num_steps))
-        ham.lyapunov.check(sol)
-        steps.append(int(sol.num_steps))
-    assert max(steps) < 1000, steps
+    """The steady-state event sits above the controller's error floor: no stalls.
+    32 random sigmoid/softmax networks (random weights, biases, taus, β's and initial
+    states) relaxed with the float32 defaults, vmapped over the networks."""
+    n, nv, nh = 32, 6, 5
+    rng = np.random.default_rng(0)
+
+    def make(W, b, tau_v, tau_h, beta):
+        return ham.HAM(
+            layers={"v": ham.Layer(L.sigmoid, (nv,), tau=tau_v, check_convexity=False),
+                    "h": ham.Layer(ft.partial(L.softmax, beta=beta), (nh,), tau=tau_h, check_convexity=False)},
+            synapses={"w": ham.synapses.Dense(W), "b": ham.synapses.Bias(b)},
+            connections={"w": ("v", "h"), "b": ("v",)},
+        )
+
+    W = jnp.asarray(rng.normal(size=(n, nv, nh)) * rng.uniform(0.5, 3.0, size=(n, 1, 1)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(n, nv)), jnp.float32)
+    tau_v = jnp.asarray(rng.uniform(0.2, 2.0, size=n), jnp.float32)
+    tau_h = jnp.asarray(rng.uniform(0.05, 1.0, size=n), jnp.float32)
+    beta = jnp.asarray(rng.uniform(0.5, 5.0, size=n), jnp.float32)
+    x0 = {"v": jnp.asarray(rng.normal(size=(n, nv)) * 2, jnp.float32), "h": jnp.asarray(rng.normal(size=(n, nh)), jnp.float32)}
+
+    @jax.jit
+    def solve_all(W, b, tau_v, tau_h, beta, x0):
+        return jax.vmap(lambda *a: ham.relax(make(*a[:5]), a[5]))(W, b, tau_v, tau_h, beta, x0)
+
+    sol = solve_all(W, b, tau_v, tau_h, beta, x0)
+    assert sol.states["v"].dtype == jnp.float32
+    assert np.all(np.asarray(sol.converged)), sol.reason
+    ham.lyapunov.check(sol)
+    assert int(np.max(sol.num_steps)) < 1000, np.asarray(sol.num_steps)
 
 
 def test_batched_relax_equals_per_element_relax_and_trace_is_trimmed(x64):
@@ -139,6 +157,7 @@ def test_relax_is_deterministic_for_a_key(x64):
     np.testing.assert_array_equal(a.energies, b.energies)
 
 
+@ft.partial(jax.jit, static_argnums=2)
 def _loss(W, xs, adjoint):
     net = ham.HAM(
         layers={"v": ham.Layer(L.identity, (4,), check_convexity=False),
@@ -146,15 +165,15 @@ def _loss(W, xs, adjoint):
         synapses={"w": ham.synapses.Dense(W)},
         connections={"w": ("v", "h")},
     )
-    sol = ham.relax(net, xs, adjoint=adjoint, event_atol=1e-11, event_rtol=1e-11, rtol=1e-12, atol=1e-13)
+    sol = ham.relax(net, xs, adjoint=adjoint, event_atol=1e-10, event_rtol=1e-10, rtol=1e-11, atol=1e-12)
     return jnp.sum(jnp.sin(sol.states["v"]))
 
 
 def test_implicit_gradient_agrees_with_unrolled_and_finite_differences(x64):
     W = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
     xs = {"v": jax.random.normal(jax.random.PRNGKey(1), (4,)), "h": jnp.zeros(3)}
-    g_imp = jax.jit(jax.grad(_loss), static_argnums=2)(W, xs, diffrax.ImplicitAdjoint())
-    g_unr = jax.jit(jax.grad(_loss), static_argnums=2)(W, xs, diffrax.RecursiveCheckpointAdjoint())
+    g_imp = jax.grad(_loss)(W, xs, diffrax.ImplicitAdjoint())
+    g_unr = jax.grad(_loss)(W, xs, diffrax.RecursiveCheckpointAdjoint())
     np.testing.assert_allclose(g_imp, g_unr, rtol=1e-6, atol=1e-8)
     eps = 1e-6
     D = jax.random.normal(jax.random.PRNGKey(2), W.shape)  # a random direction
@@ -200,7 +219,7 @@ def test_lyapunov_check_raises_on_a_rising_trace():
     net, xs = random_net("tanh", (4,), 0, 1.0, 1.0, 1.0)
     sol = ham.descend(net, xs, step_size=0.05, steps=10)
     bad = eqx.tree_at(lambda s: s.energies, sol, sol.energies.at[5].add(1.0))
-    with pytest.raises(ham.lyapunov.LyapunovError, match="energy rose.*step 5 -> 6"):
+    with pytest.raises(ham.lyapunov.LyapunovError, match="energy rose.*step 4 -> 5"):
         ham.lyapunov.check(bad)
     assert ham.lyapunov.max_rise(bad) > 1
 
