@@ -1,0 +1,677 @@
+"""Energy Transformer: masked-patch image reconstruction (Hoover et al. 2023).
+
+Images are cut into patches; a random fraction of the patches is replaced by a learned
+mask token; position embeddings are added to the linearly embedded patches; the Energy
+Transformer ([`ham.energy_transformer.EnergyTransformer`][], a `ham.HAM`) descends its
+energy for T steps of size α (or relaxes it with `ham.relax`); the masked patches are
+decoded linearly from the final activations g. Everything is trained end-to-end with
+AdamW and a warmup-cosine schedule, next to two baselines measured in the same run:
+mean-patch fill and a same-width standard (pre-LN) transformer trained identically.
+
+    python -m experiments.energy_transformer            # digits, ~10 min on 2 CPU cores
+    python -m experiments.energy_transformer --quick    # < 1 min smoke run
+    python -m experiments.energy_transformer --dataset patches
+    python -m experiments.energy_transformer --dataset cifar10 --data-dir ~/data
+    python -m experiments.energy_transformer --resume   # continue from the last epoch
+
+Writes ``energy_transformer.json`` and three PNG figures to the results folder, and a
+checkpoint every epoch under ``<results>/checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ham
+from ham.energy_transformer import EnergyTransformer, patchify, unpatchify
+
+from ._io import results_dir as _results_dir
+from ._io import save_figure, write_json
+from .data import load_dataset
+
+NAME = "energy_transformer"
+CHECKPOINT_MAGIC = b"HAM-ET-CKPT-1\n"
+ENERGY_RISE_TOLERANCE = 1e-5  # relative to max|E| along the trajectory (float32 round-off)
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    patch: int = 2
+    mask_ratio: float = 0.5
+    dim: int = 64
+    heads: int = 4
+    head_dim: int = 16
+    memories: int = 256
+    hopfield: str = "relu"
+    steps: int = 12
+    step_size: float = 0.1
+    inference: str = "descend"
+    relax_max_steps: int = 256
+    baseline_layers: int = 1
+    embed_std: float = 0.02
+    epochs: int = 80
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 3
+    test_fraction: float = 0.2
+    max_train: int | None = None
+    max_test: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"--mask-ratio must lie strictly between 0 and 1, got {self.mask_ratio}.")
+        checks = {
+            "--patch": self.patch, "--dim": self.dim, "--heads": self.heads, "--head-dim": self.head_dim,
+            "--memories": self.memories, "--steps": self.steps, "--epochs": self.epochs,
+            "--batch-size": self.batch_size, "--baseline-layers": self.baseline_layers,
+        }
+        for name, v in checks.items():
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}.")
+        if not self.step_size > 0:
+            raise ValueError(f"--step-size must be > 0, got {self.step_size}.")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}.")
+        if self.inference not in ("descend", "relax"):
+            raise ValueError(f"--inference must be 'descend' or 'relax', got {self.inference!r}.")
+        if self.hopfield not in ("relu", "softmax"):
+            raise ValueError(f"--hopfield must be 'relu' or 'softmax', got {self.hopfield!r}.")
+
+
+DATASET_DEFAULTS = {
+    "digits": dict(patch=2),
+    "patches": dict(patch=4, dim=128, head_dim=32, memories=512, epochs=30, batch_size=32),
+    "cifar10": dict(patch=4, dim=128, head_dim=32, memories=512, epochs=10, batch_size=64),
+}
+QUICK = dict(
+    dim=32, heads=2, head_dim=16, memories=64, steps=6, step_size=0.2, epochs=6, batch_size=16, max_test=256,
+    warmup_epochs=1, lr=1e-2,
+)
+
+
+# ----------------------------------------------------------------------------- models
+def _linear(key, d_in, d_out):
+    return eqx.nn.Linear(d_in, d_out, key=key)
+
+
+def _apply(linear: eqx.nn.Linear, x):
+    return x @ linear.weight.T + linear.bias
+
+
+def _masked_tokens(encoder, mask_token, positions, patches, mask):
+    x = _apply(encoder, patches)
+    return jnp.where(mask[..., None], mask_token, x) + positions
+
+
+class MaskedET(eqx.Module):
+    """Linear patch embedding + learned mask token + position embeddings → Energy
+    Transformer inference → linear decoder of the final activations g."""
+
+    encoder: eqx.nn.Linear
+    mask_token: jax.Array
+    positions: jax.Array
+    et: EnergyTransformer
+    decoder: eqx.nn.Linear
+    step_size: float = eqx.field(static=True)
+    steps: int = eqx.field(static=True)
+    inference: str = eqx.field(static=True)
+    relax_max_steps: int = eqx.field(static=True)
+
+    def __init__(self, cfg: Config, tokens: int, patch_dim: int, *, key):
+        ke, kd, km, kp, kt = jax.random.split(key, 5)
+        self.encoder = _linear(ke, patch_dim, cfg.dim)
+        self.decoder = _linear(kd, cfg.dim, patch_dim)
+        self.mask_token = cfg.embed_std * jax.random.normal(km, (cfg.dim,))
+        self.positions = cfg.embed_std * jax.random.normal(kp, (tokens, cfg.dim))
+        self.et = EnergyTransformer(
+            tokens, cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, memories=cfg.memories, kind=cfg.hopfield, key=kt
+        )
+        self.step_size, self.steps = float(cfg.step_size), int(cfg.steps)
+        self.inference, self.relax_max_steps = cfg.inference, int(cfg.relax_max_steps)
+
+    def solve(self, patches, mask) -> ham.Solution:
+        x0 = _masked_tokens(self.encoder, self.mask_token, self.positions, patches, mask)
+        if self.inference == "relax":
+            return self.et.relax(x0, max_steps=self.relax_max_steps)
+        return self.et.descend(x0, step_size=self.step_size, steps=self.steps)
+
+    def __call__(self, patches, mask):
+        sol = self.solve(patches, mask)
+        return _apply(self.decoder, self.et.activations(sol.states["tokens"]))
+
+
+class Block(eqx.Module):
+    """A standard pre-LN transformer block: x + MHA(LN x), then x + MLP(LN x)."""
+
+    norm1: eqx.nn.LayerNorm
+    attention: eqx.nn.MultiheadAttention
+    norm2: eqx.nn.LayerNorm
+    hidden: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __init__(self, dim, heads, head_dim, hidden, *, key):
+        ka, kh, ko = jax.random.split(key, 3)
+        self.norm1, self.norm2 = eqx.nn.LayerNorm(dim), eqx.nn.LayerNorm(dim)
+        self.attention = eqx.nn.MultiheadAttention(heads, dim, qk_size=head_dim, vo_size=head_dim, key=ka)
+        self.hidden, self.out = _linear(kh, dim, hidden), _linear(ko, hidden, dim)
+
+    def __call__(self, x):  # (tokens, dim)
+        h = jax.vmap(self.norm1)(x)
+        x = x + self.attention(h, h, h)
+        h = jax.vmap(self.norm2)(x)
+        return x + _apply(self.out, jax.nn.gelu(_apply(self.hidden, h)))
+
+
+class MaskedTransformer(eqx.Module):
+    """The baseline: the same embedding, mask token, positions and decoder around
+    ``baseline_layers`` standard transformer blocks of the ET's width (dim, heads,
+    head_dim; MLP hidden size = the ET's number of memories)."""
+
+    encoder: eqx.nn.Linear
+    mask_token: jax.Array
+    positions: jax.Array
+    blocks: list
+    norm: eqx.nn.LayerNorm
+    decoder: eqx.nn.Linear
+
+    def __init__(self, cfg: Config, tokens: int, patch_dim: int, *, key):
+        ke, kd, km, kp, kb = jax.random.split(key, 5)
+        self.encoder = _linear(ke, patch_dim, cfg.dim)
+        self.decoder = _linear(kd, cfg.dim, patch_dim)
+        self.mask_token = cfg.embed_std * jax.random.normal(km, (cfg.dim,))
+        self.positions = cfg.embed_std * jax.random.normal(kp, (tokens, cfg.dim))
+        self.blocks = [
+            Block(cfg.dim, cfg.heads, cfg.head_dim, cfg.memories, key=k)
+            for k in jax.random.split(kb, cfg.baseline_layers)
+        ]
+        self.norm = eqx.nn.LayerNorm(cfg.dim)
+
+    def __call__(self, patches, mask):
+        x = _masked_tokens(self.encoder, self.mask_token, self.positions, patches, mask)
+
+        def one(x):
+            for block in self.blocks:
+                x = block(x)
+            return jax.vmap(self.norm)(x)
+
+        return _apply(self.decoder, jax.vmap(one)(x))
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))))
+
+
+# ----------------------------------------------------------------------------- training
+def masked_mse(pred, target, mask):
+    """Mean squared error per pixel over the masked patches only."""
+    se = jnp.sum(jnp.square(pred - target), axis=-1) * mask
+    return jnp.sum(se) / (jnp.sum(mask) * target.shape[-1])
+
+
+def _loss(model, patches, mask):
+    return masked_mse(model(patches, mask), patches, mask)
+
+
+@functools.lru_cache(maxsize=8)
+def make_optimizer(lr: float, weight_decay: float, warmup_steps: int, total_steps: int):
+    """AdamW with a linear warmup and cosine decay (cached so equal settings share the
+    same object, and hence the same compiled training step)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=max(1, warmup_steps), decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * 0.01
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+@eqx.filter_jit
+def train_step(model, opt_state, patches, mask, optimizer):
+    loss, grads = eqx.filter_value_and_grad(_loss)(model, patches, mask)
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), opt_state, loss
+
+
+@eqx.filter_jit
+def _outputs(model, patches, mask):
+    if isinstance(model, MaskedET):
+        sol = model.solve(patches, mask)
+        pred = _apply(model.decoder, model.et.activations(sol.states["tokens"]))
+        return pred, sol.energies, sol.mask
+    return model(patches, mask), None, None
+
+
+def predict(model, patches, mask):
+    """Reconstructed patches (one compiled function per model, shared with the energy traces)."""
+    return _outputs(model, patches, mask)[0]
+
+
+def et_trajectories(model: MaskedET, patches, mask):
+    """The energy traces of the ET's inference and their validity mask."""
+    return _outputs(model, patches, mask)[1:]
+
+
+def random_masks(key, n: int, tokens: int, ratio: float):
+    """Boolean ``(n, tokens)``: each row masks exactly ``num_masked(tokens, ratio)`` tokens at random."""
+    k = num_masked(tokens, ratio)
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n, tokens)), axis=-1), axis=-1)
+    return ranks < k
+
+
+def num_masked(tokens: int, ratio: float) -> int:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must lie strictly between 0 and 1, got {ratio}.")
+    k = int(round(ratio * tokens))
+    if not 1 <= k < tokens:
+        raise ValueError(
+            f"mask ratio {ratio} masks {k} of {tokens} patches; it must mask at least one patch and leave one visible."
+        )
+    return k
+
+
+# ----------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class Split:
+    train: np.ndarray  # (n, tokens, patch_dim) float32
+    test: np.ndarray
+    image_shape: tuple[int, ...]
+
+
+def load_split(cfg: Config) -> Split:
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    h, w = data.image_shape[:2]
+    if h % cfg.patch or w % cfg.patch:
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has {h}x{w} images, not divisible by --patch {cfg.patch}; "
+            f"use a patch size dividing both (e.g. {[p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]})."
+        )
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.dataset == "cifar10":
+        train = data.images
+        test = load_dataset(cfg.dataset, cfg.data_dir, split="test").images
+    else:
+        perm = rng.permutation(len(data))
+        n_test = max(1, int(round(cfg.test_fraction * len(data))))
+        test, train = data.images[perm[:n_test]], data.images[perm[n_test:]]
+    if cfg.max_train:
+        train = train[: cfg.max_train]
+    if cfg.max_test:
+        test = test[: cfg.max_test]
+    if len(train) < cfg.batch_size:
+        raise ValueError(f"only {len(train)} training images, fewer than --batch-size {cfg.batch_size}.")
+    as_patches = lambda a: np.asarray(patchify(a, cfg.patch), dtype=np.float32)  # noqa: E731
+    return Split(as_patches(train), as_patches(test), tuple(data.image_shape))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _config_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_checkpoint(path: Path, state, meta: dict) -> None:
+    """One file: magic, JSON header (config, epoch, history), then the pytree leaves
+    (``eqx.tree_serialise_leaves``); written to a temporary file and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps(meta).encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(CHECKPOINT_MAGIC)
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            eqx.tree_serialise_leaves(f, state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, like, config: dict):
+    """Read a checkpoint written by [`save_checkpoint`][] into the structure of ``like``.
+    Raises ``ValueError`` if the file is corrupt, truncated, from another configuration
+    or holds arrays of other shapes."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {e}") from e
+    if not data.startswith(CHECKPOINT_MAGIC) or len(data) < len(CHECKPOINT_MAGIC) + 8:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: not an Energy Transformer checkpoint (bad header).")
+    pos = len(CHECKPOINT_MAGIC)
+    (n,) = struct.unpack("<Q", data[pos : pos + 8])
+    pos += 8
+    try:
+        meta = json.loads(data[pos : pos + n].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: unreadable header ({e}).") from e
+    if not isinstance(meta, dict) or "config" not in meta or "epoch" not in meta:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: header lacks config/epoch.")
+    if meta["config"] != config:
+        diff = {
+            k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v
+        }
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written with a different configuration; differing settings "
+            f"(checkpoint, now): {diff}. Run without --resume to start afresh, or with the checkpoint's settings."
+        )
+    buf = io.BytesIO(data[pos + n :])
+    try:
+        state = eqx.tree_deserialise_leaves(buf, like)
+    except Exception as e:  # noqa: BLE001 - equinox/numpy raise various types on bad data
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or does not match the models: {e}") from e
+    if buf.tell() != len(buf.getvalue()):
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: {len(buf.getvalue()) - buf.tell()} trailing bytes.")
+    bad = [
+        i for i, x in enumerate(jax.tree_util.tree_leaves(eqx.filter(state, eqx.is_inexact_array)))
+        if not bool(jnp.all(jnp.isfinite(x)))
+    ]
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt: non-finite values in {len(bad)} array(s).")
+    return state, meta
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_mse(model, patches: np.ndarray, masks, batch: int = 256) -> float:
+    total, count = 0.0, 0.0
+    for i in range(0, len(patches), batch):
+        p, m = jnp.asarray(patches[i : i + batch]), masks[i : i + batch]
+        pred = predict(model, p, m)
+        total += float(jnp.sum(jnp.sum(jnp.square(pred - p), axis=-1) * m))
+        count += float(jnp.sum(m)) * p.shape[-1]
+    return total / count
+
+
+def mean_fill_mse(train: np.ndarray, test: np.ndarray, masks) -> float:
+    """Fill each masked patch with the mean training patch at that position."""
+    mean = jnp.asarray(train.mean(axis=0))
+    pred = jnp.broadcast_to(mean, test.shape)
+    return float(masked_mse(pred, jnp.asarray(test), masks))
+
+
+def energy_rises(model: MaskedET, patches: np.ndarray, masks, batch: int = 256):
+    """Energy traces on held-out images and the largest relative rise
+    max_k (E[k+1] − E[k]) / max_k |E[k]| over all trajectories (≤ 0: monotone)."""
+    traces, worst = [], -np.inf
+    for i in range(0, len(patches), batch):
+        e, m = et_trajectories(model, jnp.asarray(patches[i : i + batch]), masks[i : i + batch])
+        e, m = np.asarray(e, np.float64), np.asarray(m)
+        scale = np.max(np.where(m, np.abs(e), 0.0), axis=-1, keepdims=True)
+        rel = np.where(m[:, 1:], np.diff(e, axis=-1), -np.inf) / np.maximum(scale, 1e-30)
+        worst = max(worst, float(np.max(rel)))
+        traces.append(np.where(m, e, np.nan))
+    return np.concatenate(traces), worst
+
+
+# ----------------------------------------------------------------------------- figures
+def figure_reconstructions(split: Split, masks, et_pred, base_pred, cfg: Config, path: Path, n: int = 10):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = split.test[:n]
+    m = np.asarray(masks[:n])[..., None]
+    shown = lambda p: np.clip(np.asarray(unpatchify(p, split.image_shape, cfg.patch)), 0, 1)  # noqa: E731
+    rows = [
+        ("original", shown(test)),
+        ("masked", shown(np.where(m, 0.5, test))),
+        ("Energy Transformer", shown(np.where(m, et_pred[:n], test))),
+        ("transformer baseline", shown(np.where(m, base_pred[:n], test))),
+    ]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.35 * len(rows)))
+    for r, (title, imgs) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c], cmap="gray" if imgs.ndim == 3 else None, vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r, 0].set_ylabel(title, fontsize=7)
+    fig.suptitle(f"held-out {cfg.dataset}: {cfg.mask_ratio:.0%} of {cfg.patch}x{cfg.patch} patches masked (grey)")
+    save_figure(fig, path)
+
+
+def figure_energy(traces: np.ndarray, cfg: Config, path: Path, n: int = 8):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for e in traces[:n]:
+        e = e[np.isfinite(e)]
+        ax.plot(np.arange(len(e)), e, marker=".")
+    ax.set_xlabel("inference step" if cfg.inference == "descend" else "accepted solver step")
+    ax.set_ylabel("energy E")
+    ax.set_title(f"ET energy along inference ({n} held-out images)")
+    save_figure(fig, path)
+
+
+def figure_training(history: dict, mean_fill: float, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = np.arange(1, len(history["et_train"]) + 1)
+    axes[0].plot(ep, history["et_train"], label="Energy Transformer")
+    axes[0].plot(ep, history["base_train"], label="transformer baseline")
+    axes[0].set_title("training loss (masked-patch MSE)")
+    axes[1].plot(ep, history["et_test"], label="Energy Transformer")
+    axes[1].plot(ep, history["base_test"], label="transformer baseline")
+    axes[1].axhline(mean_fill, color="gray", ls="--", label="mean-patch fill")
+    axes[1].set_title("held-out masked-patch MSE")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.energy_transformer",
+        description="Train an Energy Transformer (ham) for masked-patch image reconstruction and compare it "
+        "with mean-patch fill and a standard transformer trained identically.",
+    )
+    d = Config()
+    p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default=d.dataset,
+                   help="digits: sklearn 8x8 digits (default); patches: 32x32 crops of sklearn's sample images; "
+                   "cifar10: python-pickle CIFAR-10 from --data-dir")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py (for --dataset cifar10)")
+    p.add_argument("--patch", type=int, help="patch size in pixels (default 2 for digits, 4 otherwise)")
+    p.add_argument("--mask-ratio", type=float, help=f"fraction of patches masked, in (0, 1) (default {d.mask_ratio})")
+    p.add_argument("--dim", type=int, help="token dimension")
+    p.add_argument("--heads", type=int, help="attention heads")
+    p.add_argument("--head-dim", type=int, help="key/query size per head")
+    p.add_argument("--memories", type=int, help="Hopfield memories (also the baseline's MLP width)")
+    p.add_argument("--hopfield", choices=["relu", "softmax"], help="Hopfield hidden units (default relu)")
+    p.add_argument("--steps", type=int, help=f"inference steps T (default {d.steps})")
+    p.add_argument("--step-size", type=float, help=f"inference step size alpha (default {d.step_size})")
+    p.add_argument("--inference", choices=["descend", "relax"],
+                   help="descend: the paper's T steps of size alpha (default); relax: ham.relax to a fixed point")
+    p.add_argument("--relax-max-steps", type=int, help="max solver steps for --inference relax")
+    p.add_argument("--baseline-layers", type=int, help="transformer blocks in the baseline (default 1)")
+    p.add_argument("--embed-std", type=float, help="initial scale of the mask token and position embeddings")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--test-fraction", type=float, help="held-out fraction (digits, patches)")
+    p.add_argument("--max-train", type=int, help="use at most this many training images")
+    p.add_argument("--max-test", type=int, help="use at most this many held-out images")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quick", action="store_true", help="a small, fast run (< 1 min) for smoke tests")
+    p.add_argument("--results-dir", default=None, help="where results go (default experiments/results)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint of the same configuration")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this invocation (simulates an interruption)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return p.parse_args(argv)
+
+
+def build_config(args) -> Config:
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = dict(DATASET_DEFAULTS.get(args.dataset, {}))
+    if args.quick:
+        values.update(QUICK)
+    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    cfg = Config(**values)
+    cfg.validate()
+    return cfg
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    t_start = time.perf_counter()
+    out = _results_dir(args.results_dir)
+    stem = NAME + ("_quick" if args.quick else "")
+    ckpt_path = out / "checkpoints" / f"{stem}.eqx"
+
+    split = load_split(cfg)
+    tokens, patch_dim = split.train.shape[1:]
+    num_masked(tokens, cfg.mask_ratio)
+    steps_per_epoch = len(split.train) // cfg.batch_size
+    optimizer = make_optimizer(
+        cfg.lr, cfg.weight_decay, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+    )
+
+    root = jax.random.PRNGKey(cfg.seed)
+    k_et, k_base, k_train, k_eval = jax.random.split(root, 4)
+    et = MaskedET(cfg, tokens, patch_dim, key=k_et)
+    base = MaskedTransformer(cfg, tokens, patch_dim, key=k_base)
+    state = {
+        "et": et, "et_opt": optimizer.init(eqx.filter(et, eqx.is_inexact_array)),
+        "base": base, "base_opt": optimizer.init(eqx.filter(base, eqx.is_inexact_array)),
+        "key": k_train, "epoch": jnp.asarray(0, jnp.int32),
+    }
+    history = {"et_train": [], "base_train": [], "et_test": [], "base_test": []}
+    timing = {"et_train_s": 0.0, "baseline_train_s": 0.0}
+    config = _config_dict(cfg)
+    if args.resume:
+        if ckpt_path.exists():
+            state, meta = load_checkpoint(ckpt_path, state, config)
+            if int(state["epoch"]) != meta["epoch"]:
+                raise ValueError(f"checkpoint {str(ckpt_path)!r} is corrupt: header epoch {meta['epoch']} != {int(state['epoch'])}.")
+            history, timing = meta["history"], meta["timing"]
+            print(f"resuming from {ckpt_path} at epoch {meta['epoch']}/{cfg.epochs}", file=sys.stderr)
+        else:
+            print(f"--resume: no checkpoint at {ckpt_path}; starting from scratch", file=sys.stderr)
+
+    eval_masks = random_masks(k_eval, len(split.test), tokens, cfg.mask_ratio)
+    train_key = state["key"]
+    start = int(state["epoch"])
+    stop = cfg.epochs if args.stop_after is None else min(cfg.epochs, start + args.stop_after)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=(stop - start) * steps_per_epoch, desc="ET training", disable=args.no_progress, file=sys.stderr)
+    for epoch in range(start, stop):
+        k_epoch = jax.random.fold_in(train_key, epoch)
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_epoch, 0), len(split.train)))
+        et_losses, base_losses = [], []
+        for i in range(steps_per_epoch):
+            batch = jnp.asarray(split.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
+            mask = random_masks(jax.random.fold_in(k_epoch, i + 1), cfg.batch_size, tokens, cfg.mask_ratio)
+            t0 = time.perf_counter()
+            state["et"], state["et_opt"], loss_et = train_step(state["et"], state["et_opt"], batch, mask, optimizer)
+            loss_et = float(loss_et)
+            t1 = time.perf_counter()
+            state["base"], state["base_opt"], loss_base = train_step(state["base"], state["base_opt"], batch, mask, optimizer)
+            loss_base = float(loss_base)
+            timing["et_train_s"] += t1 - t0
+            timing["baseline_train_s"] += time.perf_counter() - t1
+            et_losses.append(loss_et)
+            base_losses.append(loss_base)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, et=f"{loss_et:.4f}", base=f"{loss_base:.4f}")
+        history["et_train"].append(float(np.mean(et_losses)))
+        history["base_train"].append(float(np.mean(base_losses)))
+        history["et_test"].append(evaluate_mse(state["et"], split.test, eval_masks))
+        history["base_test"].append(evaluate_mse(state["base"], split.test, eval_masks))
+        state["epoch"] = jnp.asarray(epoch + 1, jnp.int32)
+        save_checkpoint(ckpt_path, state, {"config": config, "epoch": epoch + 1, "history": history, "timing": timing})
+    bar.close()
+    if int(state["epoch"]) < cfg.epochs:
+        print(f"stopped after epoch {int(state['epoch'])}/{cfg.epochs}; continue with --resume", file=sys.stderr)
+        return {"stopped_at_epoch": int(state["epoch"]), "history": history}
+
+    t_eval = time.perf_counter()
+    et, base = state["et"], state["base"]
+    mse_et = evaluate_mse(et, split.test, eval_masks)
+    mse_base = evaluate_mse(base, split.test, eval_masks)
+    mse_fill = mean_fill_mse(split.train, split.test, eval_masks)
+    traces, max_rise = energy_rises(et, split.test, eval_masks)
+    n_fig = min(10, len(split.test))
+    et_pred = np.asarray(predict(et, jnp.asarray(split.test[:n_fig]), eval_masks[:n_fig]))
+    base_pred = np.asarray(predict(base, jnp.asarray(split.test[:n_fig]), eval_masks[:n_fig]))
+    figure_reconstructions(split, eval_masks, et_pred, base_pred, cfg, out / f"{stem}_reconstructions.png", n=n_fig)
+    figure_energy(traces, cfg, out / f"{stem}_energy.png")
+    figure_training(history, mse_fill, out / f"{stem}_training.png")
+
+    gamma = float(et.et.network.layers["tokens"].lagrangian.gamma)
+    result = {
+        "mse_et": mse_et,
+        "mse_mean_fill": mse_fill,
+        "mse_baseline": mse_base,
+        "max_energy_rise": max_rise,
+        "energy_rise_tolerance": ENERGY_RISE_TOLERANCE,
+        "energy_monotone": bool(max_rise <= ENERGY_RISE_TOLERANCE),
+        "energy_start_mean": float(np.nanmean(traces[:, 0])),
+        "energy_end_mean": float(np.nanmean([t[np.isfinite(t)][-1] for t in traces])),
+        "layernorm_gamma": gamma,
+        "params": {
+            "et_total": count_params(et), "et_core": count_params(et.et),
+            "baseline_total": count_params(base), "baseline_blocks": count_params(base.blocks),
+        },
+        "data": {
+            "dataset": cfg.dataset, "image_shape": list(split.image_shape), "train_images": len(split.train),
+            "test_images": len(split.test), "tokens": int(tokens), "patch_dim": int(patch_dim),
+            "masked_tokens": num_masked(tokens, cfg.mask_ratio),
+        },
+        "config": config,
+        "quick": bool(args.quick),
+        "history": history,
+        "timings": {
+            **{k: round(v, 3) for k, v in timing.items()},
+            "eval_s": round(time.perf_counter() - t_eval, 3),
+            "wall_s_this_invocation": round(time.perf_counter() - t_start, 3),
+        },
+        "devices": [str(d) for d in jax.devices()],
+    }
+    write_json(out / f"{stem}.json", result)
+    print(
+        f"held-out masked-patch MSE: ET {mse_et:.5f}, transformer {mse_base:.5f}, mean fill {mse_fill:.5f}; "
+        f"max relative energy rise {max_rise:.3g}  -> {out / (stem + '.json')}",
+        file=sys.stderr,
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
