@@ -165,7 +165,8 @@ def _loss(W, xs, adjoint):
         synapses={"w": ham.synapses.Dense(W)},
         connections={"w": ("v", "h")},
     )
-    sol = ham.relax(net, xs, adjoint=adjoint, event_atol=1e-10, event_rtol=1e-10, rtol=1e-11, atol=1e-12)
+    sol = ham.relax(net, xs, adjoint=adjoint, event_atol=1e-10, event_rtol=1e-10, rtol=1e-11, atol=1e-12,
+                    max_steps=512)
     return jnp.sum(jnp.sin(sol.states["v"]))
 
 
