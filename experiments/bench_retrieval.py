@@ -81,7 +81,7 @@ def run_case(num_patterns, dim, batch, *, beta, repeats, relax_batch, seed=0):
         "ham_qps": round(ham_qps, 1),
         "plain_qps": round(plain_qps, 1),
         "ratio": round(ham_qps / plain_qps, 3),
-        "relax_qps": round(rb / statistics.median(relax_t), 2),
+        "relax_qps": float(f"{rb / statistics.median(relax_t):.3g}"),
         "relax_steps": float(jnp.mean(sol.num_steps)),
         "relax_converged": float(jnp.mean(sol.converged)),
         "relax_batch": rb,

@@ -61,6 +61,20 @@ def test_model_a_relaxation_recovers_the_dense_associative_memory_and_is_lyapuno
     assert M.dense(p, n=3).network is None  # z^3 is not convex: no HAM
 
 
+def test_exponential_dam_network_relaxation_is_lyapunov_and_recalls():
+    rng = np.random.default_rng(5)
+    p = pm1(rng, 10, 12)
+    mem = M.exponential(p, beta=0.3)
+    kh = M.krotov_hopfield_2021(p, "A", interaction="exponential", beta=0.3)
+    q = p[:2].copy()
+    q[:, :2] *= -1
+    sol = ham.relax(mem.network, kh.init_states(q))
+    assert bool(jnp.all(sol.converged)), sol.reason
+    ham.lyapunov.check(sol)
+    g = mem.network.activations(sol.states)["v"]
+    np.testing.assert_array_equal(np.sign(np.asarray(g)), np.asarray(mem.retrieve(q)))
+
+
 def test_model_b_is_the_modern_hopfield_network_and_attention(x64):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(12, 5))
