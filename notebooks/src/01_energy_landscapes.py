@@ -61,7 +61,7 @@ for name, model in models.items():
     found = np.asarray(states[K:])
     max_overlap = np.abs(found @ np.asarray(patterns).T).max(axis=1) / N
     spurious = max_overlap < 1
-    minima[name] = dict(states=found, max_overlap=max_overlap, spurious=spurious)
+    minima[name] = {"states": found, "max_overlap": max_overlap, "spurious": spurious}
     print(f"{name:<30} {stable.mean():>15.0%} {1 - spurious.mean():>17.0%} {spurious.mean():>11.0%} "
           f"{len(np.unique(found[spurious], axis=0)):>18}")
 fractions = [minima[name]["spurious"].mean() for name in models]
@@ -127,7 +127,7 @@ assert is_minimum["classical (F = z²)"] and not is_minimum["exponential, F = ex
 # overlap with a stored pattern (1 = a stored pattern was retrieved).
 
 # %%
-fig, axes = plt.subplots(3, len(models), figsize=(4.2 * len(models), 11.5), gridspec_kw=dict(height_ratios=[1.25, 0.8, 0.8]))
+fig, axes = plt.subplots(3, len(models), figsize=(4.2 * len(models), 11.5), gridspec_kw={"height_ratios": [1.25, 0.8, 0.8]})
 for col, name in enumerate(models):
     ax = axes[0, col]
     im = ax.contourf(U, V, landscapes[name], levels=30, cmap="viridis")

@@ -107,13 +107,12 @@ rows = []
 for i, a in enumerate(np.asarray(alphas)):
     e = np.asarray(runs.energies[i])
     close = np.abs(e - E_star) < 1e-6
-    # first step after which the energy stays within tolerance
-    n_needed = int(np.argmax(close[::-1] == False)) if not close.all() else 0  # noqa: E712
-    n_needed = STEPS + 1 - n_needed if close[-1] else None
+    far = np.flatnonzero(~close)  # steps still farther than 1e-6 from E*
+    n_needed = (int(far[-1]) + 1 if far.size else 0) if close[-1] else None  # stays within 1e-6 from here on
     rows.append((float(a), n_needed, float(e[-1]), bool(runs.converged[i])))
 print(f"{'alpha':>6} {'Euler steps to |E-E*|<1e-6':>27} {'final E':>14} {'converged':>10}")
 for a, n, e, c in rows:
-    print(f"{a:>6.2f} {str(n) if n is not None else '-':>27} {e:>14.6f} {str(c):>10}")
+    print(f"{a:>6.2f} {str(n) if n is not None else '-':>27} {e:>14.6f} {c!s:>10}")
 print(f"relax (Tsit5): {int(sol.num_steps)} steps (~{6 * int(sol.num_steps)} vector-field evaluations), "
       f"final E = {energies[-1]:.6f}")
 assert all(n is not None for a, n, e, c in rows if a < 0.4) and not rows[-1][3]  # stable below 2*tau_h, not above

@@ -18,7 +18,6 @@
 import os
 from pathlib import Path
 
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_digits
