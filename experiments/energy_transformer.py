@@ -8,8 +8,8 @@ decoded linearly from the final activations g. Everything is trained end-to-end 
 AdamW and a warmup-cosine schedule, next to two baselines measured in the same run:
 mean-patch fill and a same-width standard (pre-LN) transformer trained identically.
 
-    python -m experiments.energy_transformer            # digits, ~10 min on 2 CPU cores
-    python -m experiments.energy_transformer --quick    # < 1 min smoke run
+    python -m experiments.energy_transformer            # digits: ~270 s CPU, 12 min wall on 2 busy cores
+    python -m experiments.energy_transformer --quick    # smoke run: ~30 s CPU
     python -m experiments.energy_transformer --dataset patches
     python -m experiments.energy_transformer --dataset cifar10 --data-dir ~/data
     python -m experiments.energy_transformer --resume   # continue from the last epoch

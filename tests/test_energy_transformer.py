@@ -72,16 +72,14 @@ def test_layernorm_lagrangian_rejects_negative_gamma():
 
 
 @pytest.mark.parametrize("kind", ["relu", "softmax"])
-def test_energy_never_rises_along_et_descend_and_relax(kind):
+def test_energy_never_rises_along_et_descend(kind):
+    # (relax on the same network: test_attention_hopfield_synapses.py)
     descend = eqx.filter_jit(lambda et, x: et.descend(x, step_size=0.05, steps=60))
     for seed in range(3):
         et, xs = _random_et(seed, kind)
         sol = descend(et, xs)
         ham.lyapunov.check(sol)
         assert np.all(np.asarray(sol.energies[:, -1] < sol.energies[:, 0]))
-    sol = eqx.filter_jit(lambda et, x: et.relax(x))(et, xs)
-    ham.lyapunov.check(sol)
-    assert bool(jnp.all(sol.converged)), sol.reason
 
 
 def test_et_descend_is_differentiable_by_unrolling():
