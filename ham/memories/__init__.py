@@ -13,7 +13,6 @@ Every model has ``retrieve(queries)`` (batched over a leading axis, jit-compiled
 ``energy(state)`` and ``network`` (the [`ham.HAM`][] it is, or ``None``).
 """
 
-from ._convolutional import convolutional
 from ._binary import (
     ClassicalHopfield,
     DenseAssociativeMemory,
@@ -22,6 +21,7 @@ from ._binary import (
     dense,
     exponential,
 )
+from ._convolutional import convolutional
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
 from ._sdm import SparseDistributedMemory, sdm

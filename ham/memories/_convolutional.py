@@ -103,7 +103,9 @@ class ConvolutionalMemory(eqx.Module):
     ) -> dict[str, Array]:
         r"""The state relaxation starts from: pixel states whose activation is the image
         (missing pixels, ``mask == False``, start at $x = 0$), and every hidden layer's
-        state set by one feed-forward pass (its input from the layer below)."""
+        state from the image: the features at the code $[u, -u]$ of the pixel state (see
+        [`convolutional`][]), the pooled layer at their pooling and the memory at its input
+        from the layer below (plus bias)."""
         images = self._check_images(images)
         if mask is not None:
             mask = jnp.asarray(mask)
@@ -214,19 +216,27 @@ def convolutional(
     **Storage rule** (exact, no training). For each stored image $\xi_\mu$ with pixel
     state $x_\mu$ (= $\xi_\mu$, or its logit for sigmoid pixels) take the minimum-norm
     feature code $u_\mu = a\,(a^\top a)^{-1} x_\mu$ (so $a^\top u_\mu = x_\mu$; $a^\top$
-    is the transposed convolution, the solve is conjugate gradients) and the rectified
-    pair $f_\mu = [\mathrm{relu}(u_\mu), \mathrm{relu}(-u_\mu)] \ge 0$, so that
-    $k^\top f_\mu = x_\mu$. The memory weights are
+    is the transposed convolution, the solve is conjugate gradients) and
+    $d_\mu = u_\mu - a\star\xi_\mu$. The memory weights and a memory bias are
 
-    $M_{\cdot\mu} = f_\mu - k\star\xi_\mu$.
+    $M_{\cdot\mu} = [d_\mu, -d_\mu]$,  $b_\mu = -\tfrac12\, d_\mu\cdot u_\mu$.
 
-    Then, with memory unit μ fully on ($g_m = e_\mu$, the β → ∞ limit), the state
-    $g_v = \xi_\mu$, $g_f = f_\mu$ is a fixed point: the features' input
-    $k\star\xi_\mu + M_{\cdot\mu} = f_\mu$ and the pixels' input $k^\top f_\mu = x_\mu$.
-    Exactness needs $a^\top a$ invertible (e.g. stride 1; ``reconstruction_error``
-    reports it). With a pooled layer the memory sees pooled features and the rule is a
-    Hebbian one, $M_{\cdot\mu} = \mathrm{pool}(f_\mu)$: stored images are then only
-    approximate fixed points.
+    With memory unit μ fully on ($g_m = e_\mu$, the β → ∞ limit) the state $g_v =
+    \xi_\mu$, $g_f = f_\mu = [\mathrm{relu}(u_\mu), \mathrm{relu}(-u_\mu)]$ is a fixed
+    point: the features' input is $k\star\xi_\mu + M_{\cdot\mu} = [u_\mu, -u_\mu]$ and
+    the pixels' input $k^\top f_\mu = a^\top u_\mu = x_\mu$. When the features hold the
+    code $u$ of a pixel state $x$, memory unit ν receives
+    $-\tfrac12\|u - u_\nu\|^2 + \tfrac12\|x - x_\nu\|^2$ + const (identity pixels), a
+    distance in the metric $(a^\top a)^{-1} - I \succeq 7I$ (as $\|a\|_2^2 \le 1/8$), so
+    each stored image wins at its own fixed point. [`ConvolutionalMemory.initial_state`][]
+    starts the features at the code of the query, so the softmax first picks the nearest
+    stored image in that metric. Exactness needs $a^\top a$ invertible (e.g. stride 1 and
+    enough filters; ``reconstruction_error`` reports it).
+
+    With a pooled layer the memory sees pooled features and the rule is a Hebbian one,
+    $M_{\cdot\mu} = \mathrm{pool}(f_\mu)$, $b_\mu = -\tfrac12\|\mathrm{pool}(f_\mu)\|^2$:
+    the stored images are then only approximate fixed points (their retrieval is not
+    exact; use the pooled variant for its energy and dynamics, or train it).
 
     **Returns:** a [`ConvolutionalMemory`][].
     """
