@@ -22,6 +22,13 @@ class Layer(eqx.Module):
     - time constant $\tau_A$ of the dynamics $\tau_A \dot x_A = -\partial E/\partial g_A$.
       ``tau=jnp.inf`` freezes (clamps) the layer.
 
+    ``legendre=False`` leaves the layer's Legendre term out of the network energy, so
+    its dynamics are $\tau_A \dot x_A = -\partial E_{syn}/\partial g_A$ with no leak
+    $-x_A$: the Energy Transformer's formulation (Hoover et al. 2023, whose energy is
+    attention + Hopfield only). The Lyapunov argument is unchanged
+    ($dE/dt = -\tau_A \dot x_A^\top \nabla^2 L_A \dot x_A \le 0$), but the energy is only
+    bounded below when the activations are bounded (layer norm, softmax, sigmoid, …).
+
     ``lagrangian`` is any convex ``x -> scalar`` (see [`ham.lagrangians`][]); bind
     parameters with ``functools.partial`` or pass an ``eqx.Module`` (learnable ones,
     such as the Energy Transformer's layer-norm γ, δ). On construction the Lagrangian is
@@ -32,6 +39,7 @@ class Layer(eqx.Module):
     shape: tuple[int, ...] = eqx.field(static=True, converter=lambda s: tuple(int(d) for d in s))
     tau: float | Array = 1.0
     check_convexity: bool = eqx.field(static=True, default=True, repr=False)
+    legendre: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if any(d < 1 for d in self.shape):

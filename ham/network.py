@@ -110,20 +110,20 @@ class HAM(eqx.Module):
 
     def _energy_terms(self, xs: States) -> dict[str, Array]:
         gs = self._activations(xs)
-        terms = {f"layer:{k}": layer.energy(xs[k], gs[k]) for k, layer in self.layers.items()}
+        terms = {f"layer:{k}": layer.energy(xs[k], gs[k]) for k, layer in self.layers.items() if layer.legendre}
         for sname, syn in self.synapses.items():
             terms[f"synapse:{sname}"] = syn.energy(*(gs[ln] for ln in self.connections[sname]))
         return terms
 
     def _energy(self, xs: States):
         gs = self._activations(xs)
-        e = sum(layer.energy(xs[k], gs[k]) for k, layer in self.layers.items())
+        e = sum(layer.energy(xs[k], gs[k]) for k, layer in self.layers.items() if layer.legendre)
         return e + self._synapse_energy(gs)
 
     def _dEdg(self, xs: States) -> States:
         gs = self._activations(xs)
         dsyn = jax.grad(self._synapse_energy)(gs)
-        return {k: xs[k] + dsyn[k] for k in self.layers}
+        return {k: xs[k] + dsyn[k] if layer.legendre else dsyn[k] for k, layer in self.layers.items()}
 
     # ------------------------------------------------------------------ public API
     def init_states(
@@ -156,7 +156,8 @@ class HAM(eqx.Module):
         return self._vmap(self._energy_terms, dict(xs))
 
     def dEdg(self, xs: Mapping[str, Array]) -> States:
-        r"""$\partial E/\partial g_A$ with the $x$'s held fixed: $x_A + \sum_S \partial E_S/\partial g_A$."""
+        r"""$\partial E/\partial g_A$ with the $x$'s held fixed: $x_A + \sum_S \partial E_S/\partial g_A$
+        (without $x_A$ for a layer with ``legendre=False``)."""
         return self._vmap(self._dEdg, dict(xs))
 
     def vector_field(self, t, xs: Mapping[str, Array], args=None) -> States:

@@ -231,3 +231,25 @@ def test_clamped_layer_does_not_move(x64):
     sol = relax_jit(net, xs)
     np.testing.assert_array_equal(sol.states["v"], xs["v"])
     ham.lyapunov.check(sol, rtol=1e-10, atol=1e-10)
+
+
+def test_layer_without_legendre_term_follows_synapse_gradient_and_stays_lyapunov(x64):
+    """legendre=False (Energy Transformer form): dx/dt = -dE_syn/dg / tau, E = E_syn."""
+    rng = np.random.default_rng(0)
+    W = jnp.asarray(rng.normal(size=(4, 3)))
+    b = jnp.asarray(rng.normal(size=4))
+    net = ham.HAM(
+        layers={"v": ham.Layer(ft.partial(L.layernorm, gamma=1.0), (4,), tau=0.5, legendre=False),
+                "h": ham.Layer(L.softmax, (3,))},
+        synapses={"w": ham.synapses.Dense(W), "b": ham.synapses.Bias(b)},
+        connections={"w": ("v", "h"), "b": ("v",)},
+    )
+    xs = net.init_states(key=jax.random.PRNGKey(0))
+    g = net.activations(xs)
+    dx = net.vector_field(0.0, xs)
+    np.testing.assert_allclose(dx["v"], (W @ g["h"] + b) / 0.5, rtol=1e-12)  # no leak
+    np.testing.assert_allclose(dx["h"], -(xs["h"] - W.T @ g["v"]), rtol=1e-12)
+    assert "layer:v" not in net.energy_terms(xs)
+    sol = ham.descend(net, xs, step_size=0.01, steps=300)
+    ham.lyapunov.check(sol, rtol=1e-10, atol=1e-10)
+    assert float(ham.lyapunov.energy_rate(net, xs)) <= 0
