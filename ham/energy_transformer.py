@@ -1,14 +1,17 @@
 r"""The Energy Transformer (Hoover et al. 2023, "Energy Transformer", NeurIPS) as a
 [`ham.HAM`][]: one layer of tokens with the layer-norm Lagrangian, a multi-head
 [`ham.synapses.Attention`][] energy and a token-wise [`ham.synapses.Hopfield`][]
-energy, all joined to that layer:
+energy, all joined to that layer. With $g = \partial L/\partial x$ and
+$L(x) = \sum_B D\gamma\sqrt{\mathrm{var}(x_B) + \epsilon} + \delta\cdot x_B$:
 
-$E = E_{\text{tokens}} + E^{\text{ATT}}(g) + E^{\text{HN}}(g)$, $g = \partial L/\partial x$,
-$L(x) = \sum_B D\gamma\sqrt{\mathrm{var}(x_B) + \epsilon} + \delta\cdot x_B$.
+- ``legendre=False`` (default, the paper's energy): $E = E^{\text{ATT}}(g) + E^{\text{HN}}(g)$
+  and inference $x \leftarrow x - \alpha\,\partial E/\partial g$ (no leak);
+- ``legendre=True`` (the generic HAM form): $E = \sum_B (x_B\cdot g_B - L) + E^{\text{ATT}} +
+  E^{\text{HN}}$, so each step is $x \leftarrow (1-\alpha)x - \alpha\,\partial E^{\text{syn}}/\partial g$.
 
-Inference is ham's dynamics $\tau\dot x = -\partial E/\partial g$: the paper's discrete
-descent $x \leftarrow x - \alpha\,\partial E/\partial g$ for $T$ steps
-([`ham.descend`][]) or the continuous ODE to a fixed point ([`ham.relax`][]).
+Both are Lyapunov: $dE/dt = -\tau\dot x^\top\nabla^2 L\,\dot x \le 0$ with $\nabla^2 L \succeq 0$, and
+$E$ is bounded below because $|g_B|$ is bounded by layer norm. Inference is the discrete
+descent for $T$ steps ([`ham.descend`][]) or the continuous ODE to a fixed point ([`ham.relax`][]).
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ class EnergyTransformer(eqx.Module):
     - ``mask``: optional attention mask ``(tokens, tokens)`` (see [`ham.synapses.Attention`][]).
     - ``init_std``: standard deviation of the random initial weights (default
       $1/\sqrt{\text{dim}}$); ``key``: the PRNG key for them.
+    - ``legendre``: ``False`` (default) gives the paper's energy
+      $E = E^{\text{ATT}} + E^{\text{HN}}$ and dynamics $\tau\dot x = -\partial E/\partial g$ (Hoover et
+      al. 2023); ``True`` adds the token layer's Legendre term $x\cdot g - L$, whose
+      gradient is a leak $-x$ (the generic HAM form; see [`ham.Layer`][]).
 
     The network is ``self.network`` (a [`ham.HAM`][] with layer ``"tokens"`` and
     synapses ``"attention"``, ``"hopfield"``); $\gamma$ (init 1) and $\delta$ (init 0)
@@ -90,6 +97,7 @@ class EnergyTransformer(eqx.Module):
         mask: ArrayLike | None = None,
         init_std: float | None = None,
         tau: float = 1.0,
+        legendre: bool = False,
         key: PRNGKeyArray,
     ):
         if tokens < 1 or dim < 1 or heads < 1:
@@ -107,10 +115,17 @@ class EnergyTransformer(eqx.Module):
         lagrangian = LayerNormLagrangian(jnp.ones(()), jnp.zeros((dim,)), eps)
         self.network = HAM(
             # Convex by construction (gamma >= 0 is checked above), so the numerical probe is skipped.
-            layers={TOKENS: Layer(lagrangian, (tokens, dim), tau=tau, check_convexity=False)},
+            layers={TOKENS: Layer(
+                lagrangian, (tokens, dim), tau=tau, check_convexity=False, legendre=bool(legendre)
+            )},
             synapses={"attention": attention, "hopfield": hopfield},
             connections={"attention": (TOKENS,), "hopfield": (TOKENS,)},
         )
+
+    @property
+    def legendre(self) -> bool:
+        """Whether the token layer's Legendre term is part of the energy."""
+        return self.network.layers[TOKENS].legendre
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,6 +1,7 @@
-"""The Energy Transformer as a ham.HAM: its energy is the sum of the layer-norm layer's
-Legendre energy and the attention and Hopfield energies (checked against float64
-oracles), its inference never raises the energy, and patches tile images exactly."""
+"""The Energy Transformer as a ham.HAM: its energy is the attention + Hopfield energy
+(the paper's form, default), plus the layer-norm layer's Legendre energy with
+legendre=True (checked against float64 oracles); the paper form has no leak; its
+inference never raises the energy in either form; and patches tile images exactly."""
 
 import equinox as eqx
 import jax
@@ -24,26 +25,30 @@ def _layernorm_oracle(x, gamma, delta, eps):
     return g, float(np.sum(x * g) - lagrangian)
 
 
-def _random_et(seed, kind="relu", tokens=5, dim=6, eps=1e-5):
+def _random_et(seed, kind="relu", tokens=5, dim=6, eps=1e-5, legendre=False):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    et = EnergyTransformer(tokens, dim, heads=2, head_dim=3, memories=7, kind=kind, hopfield_beta=1.5, eps=eps, key=k1)
+    et = EnergyTransformer(
+        tokens, dim, heads=2, head_dim=3, memories=7, kind=kind, hopfield_beta=1.5, eps=eps, legendre=legendre, key=k1
+    )
     # non-trivial gamma and delta
     lag = LayerNormLagrangian(jnp.asarray(1.7), 0.3 * jax.random.normal(k2, (dim,)), eps)
     et = eqx.tree_at(lambda m: m.network.layers["tokens"].lagrangian, et, lag)
     return et, jax.random.normal(k3, (3, tokens, dim))
 
 
+@pytest.mark.parametrize("legendre", [False, True])
 @pytest.mark.parametrize("kind", ["relu", "softmax"])
-def test_et_energy_is_layer_plus_attention_plus_hopfield(kind):
+def test_et_energy_is_attention_plus_hopfield_plus_legendre_if_asked(kind, legendre):
     with jax.enable_x64(True):
-        et, xs = _random_et(0, kind)
+        et, xs = _random_et(0, kind, legendre=legendre)
+        assert et.legendre is legendre
         att, hop = et.network.synapses["attention"], et.network.synapses["hopfield"]
         lag = et.network.layers["tokens"].lagrangian
         energies = eqx.filter_jit(lambda et, xs: et.energy(xs))(et, xs)
         for x, e in zip(xs, energies):
             g, e_layer = _layernorm_oracle(x, float(lag.gamma), np.asarray(lag.delta), lag.eps)
             want = (
-                e_layer + attention_energy_oracle(att.W_K, att.W_Q, att.beta, g)
+                (e_layer if legendre else 0.0) + attention_energy_oracle(att.W_K, att.W_Q, att.beta, g)
                 + hopfield_energy_oracle(hop.xi, g, kind, 1.5)
             )
             np.testing.assert_allclose(float(e), want, rtol=1e-9)
@@ -51,8 +56,20 @@ def test_et_energy_is_layer_plus_attention_plus_hopfield(kind):
         np.testing.assert_allclose(np.asarray(et.activations(xs)), g, rtol=1e-9, atol=1e-12)
 
 
+def test_paper_form_has_no_leak_the_legendre_form_leaks_x(x64):
+    """One step of size a: x1 = x0 - a dE_syn/dg (paper) and x1 = (1 - a) x0 - a dE_syn/dg (HAM),
+    so the two steps from the same x0 differ by exactly -a x0."""
+    a = 0.3
+    paper, xs = _random_et(5)
+    leaky = eqx.tree_at(lambda m: m.network, paper, _random_et(5, legendre=True)[0].network)
+    step = eqx.filter_jit(lambda et, x: et.descend(x, step_size=a, steps=1).states["tokens"])
+    diff = np.asarray(step(leaky, xs)) - np.asarray(step(paper, xs))
+    np.testing.assert_allclose(diff, -a * np.asarray(xs), rtol=1e-9, atol=1e-12)
+
+
 def test_et_default_structure():
     et = EnergyTransformer(4, 8, heads=2, key=jax.random.PRNGKey(0))
+    assert et.legendre is False  # the paper's energy by default
     att, hop = et.network.synapses["attention"], et.network.synapses["hopfield"]
     assert att.W_K.shape == att.W_Q.shape == (2, 4, 8)
     assert att.beta == pytest.approx(0.5)
@@ -71,12 +88,13 @@ def test_layernorm_lagrangian_rejects_negative_gamma():
         LayerNormLagrangian(1.0, 0.0, eps=0.0)
 
 
+@pytest.mark.parametrize("legendre", [False, True])
 @pytest.mark.parametrize("kind", ["relu", "softmax"])
-def test_energy_never_rises_along_et_descend(kind):
+def test_energy_never_rises_along_et_descend(kind, legendre):
     # (relax on the same network: test_attention_hopfield_synapses.py)
     descend = eqx.filter_jit(lambda et, x: et.descend(x, step_size=0.05, steps=60))
     for seed in range(3):
-        et, xs = _random_et(seed, kind)
+        et, xs = _random_et(seed, kind, legendre=legendre)
         sol = descend(et, xs)
         ham.lyapunov.check(sol)
         assert np.all(np.asarray(sol.energies[:, -1] < sol.energies[:, 0]))
