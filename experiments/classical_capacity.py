@@ -127,6 +127,7 @@ def figure(points: list[dict], summary: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(summary["N"])))
@@ -157,6 +158,7 @@ def figure(points: list[dict], summary: dict, path) -> None:
     ax2.plot(nn, 1 / (2 * np.log(nn)), color="C2", lw=1, label="1 / (2 ln N) (perfect-recall theory)")
     ax2.set_xscale("log")
     ax2.set_xticks(Ns, [str(int(n)) for n in Ns])
+    ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xlabel("neurons N")
     ax2.set_ylabel("critical load K / N")
     ax2.set_ylim(0, 0.2)
