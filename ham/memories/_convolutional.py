@@ -299,8 +299,11 @@ def convolutional(
     feats = jnp.concatenate([jax.nn.relu(codes), jax.nn.relu(-codes)], axis=-1)
 
     layers = {
-        "pixels": Layer(lagrangians.identity if pixel == "identity" else lagrangians.sigmoid, (h, w, c)),
-        "features": Layer(lagrangians.relu, feat_shape),
+        # library Lagrangians, convex by construction: skip the (eager, slow) probe
+        "pixels": Layer(
+            lagrangians.identity if pixel == "identity" else lagrangians.sigmoid, (h, w, c), check_convexity=False
+        ),
+        "features": Layer(lagrangians.relu, feat_shape, check_convexity=False),
     }
     synapses = {"conv": conv}
     connections = {"conv": ("pixels", "features")}
@@ -314,7 +317,7 @@ def convolutional(
         top_shape = pool_syn.output_shape(feat_shape)
         if min(top_shape[:2]) < 1:
             raise ValueError(f"convolutional: pool window {pool} does not fit features of shape {feat_shape}.")
-        layers["pooled"] = Layer(lagrangians.relu, top_shape)
+        layers["pooled"] = Layer(lagrangians.relu, top_shape, check_convexity=False)
         synapses["pool"] = pool_syn
         connections["pool"] = ("features", "pooled")
         stored = jax.vmap(pool_syn.pool)(feats)
@@ -324,7 +327,8 @@ def convolutional(
     # M_μ·g − ½ M_μ·g_μ then compares the state with each stored image (see above).
     bias = -0.5 * jnp.sum((weights * stored).reshape(num, -1), axis=-1)
     layers["memory"] = Layer(
-        eqx.Partial(lagrangians.softmax, beta=jnp.asarray(beta, dtype)), (num,), tau=tau_memory
+        eqx.Partial(lagrangians.softmax, beta=jnp.asarray(beta, dtype)), (num,), tau=tau_memory,
+        check_convexity=False,
     )
     synapses["memory"] = Dense(jnp.moveaxis(weights, 0, -1))
     connections["memory"] = (top, "memory")
