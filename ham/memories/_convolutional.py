@@ -37,7 +37,7 @@ def _code(half: Conv, xv: Array) -> tuple[Array, Array]:
     (so $a^\top u = x$; $a^\top$ the transposed convolution; conjugate gradients), and
     the relative error $\|a^\top u - x\|/\|x\|$ of the solve."""
     transpose = jax.linear_transpose(half.convolve, jax.ShapeDtypeStruct(xv.shape, xv.dtype))
-    gram = lambda z: transpose(half.convolve(z))[0]  # noqa: E731  aᵀa
+    gram = lambda z: transpose(half.convolve(z))[0]  # aᵀa
     z, _ = jax.scipy.sparse.linalg.cg(gram, xv, tol=1e-10, maxiter=20 * xv.size)
     u = half.convolve(z)
     err = jnp.linalg.norm(transpose(u)[0] - xv) / jnp.maximum(jnp.linalg.norm(xv), jnp.finfo(xv.dtype).tiny)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
-import jax.lax as lax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Float, Scalar
 
 from ._base import Synapse, shape_error
