@@ -80,8 +80,10 @@ def _accuracy(key, K, N: int, K_cap: int, Q: int, T: int, model: str):
         memory = ham.memories.exponential(xi) if model == "exp" else ham.memories.dense(xi, n=int(model))
         # Q distinct patterns, real ones first in random order (pads only if Q > K; masked out)
         pick = jnp.argsort(jax.random.uniform(k_pick, (K_cap,)) + 2.0 * (~real))[:Q]
-        queries = xi[pick]
         valid = real[pick]
+        # padded query slots re-query the first picked (real) pattern, masked out below: a
+        # zero query would wander from sign(0) = +1…1 for many sweeps and stall the batch
+        queries = xi[jnp.where(valid, pick, pick[0])]
         states = memory.retrieve(queries, mode="async", max_sweeps=MAX_SWEEPS, key=k_ord)
         ok = jnp.all(states == queries, axis=1) & valid
         return jnp.sum(ok), jnp.sum(valid)
