@@ -1,5 +1,6 @@
 """experiments.energy_transformer: the --quick run writes its metrics, beats mean fill,
-keeps the energy monotone, resumes exactly, and refuses bad input clearly."""
+keeps the energy monotone, resumes exactly, refuses checkpoints of another configuration
+(the energy form included) and refuses bad input clearly."""
 
 import json
 import shutil
@@ -91,10 +92,19 @@ def test_corrupt_checkpoint_is_refused(quick_run, tmp_path, damage):
         et_exp.main(QUICK + ["--results-dir", str(tmp_path), "--resume"])
 
 
-def test_checkpoint_of_another_configuration_is_refused(quick_run, tmp_path):
+@pytest.mark.parametrize("change", [["--mask-ratio", "0.25"], ["--legendre"]], ids=["mask_ratio", "legendre"])
+def test_checkpoint_of_another_configuration_is_refused(quick_run, tmp_path, change):
     _copy_checkpoint(quick_run, tmp_path)
-    with pytest.raises(ValueError, match=r"different configuration.*mask_ratio"):
-        et_exp.main(QUICK + ["--results-dir", str(tmp_path), "--resume", "--mask-ratio", "0.25"])
+    setting = change[0].lstrip("-").replace("-", "_")
+    with pytest.raises(ValueError, match=rf"different configuration.*{setting}"):
+        et_exp.main(QUICK + ["--results-dir", str(tmp_path), "--resume", *change])
+
+
+def test_paper_energy_is_the_default_and_legendre_is_opt_in():
+    parse = lambda *a: et_exp.build_config(et_exp.parse_args(list(a)))  # noqa: E731
+    assert parse().legendre is False and parse("--no-legendre").legendre is False
+    assert parse("--legendre").legendre is True
+    assert parse("--quick").legendre is False
 
 
 def test_masks_hide_exactly_the_requested_fraction():

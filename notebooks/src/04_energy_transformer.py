@@ -4,12 +4,17 @@
 # The Energy Transformer (Hoover et al. 2023, *Energy Transformer*, NeurIPS) is a one-layer HAM on a set of tokens
 # $x_B\in\mathbb R^D$ (here image patches). The layer-norm Lagrangian
 # $L(x) = \sum_B D\gamma\sqrt{\tfrac1D\sum_i (x_{Bi}-\bar x_B)^2+\epsilon} + \delta\cdot x_B$ gives the activations
-# $g_B = \gamma\,(x_B-\bar x_B)/\sqrt{\operatorname{var}(x_B)+\epsilon}+\delta$ (layer norm), and the energy is
-# $$E = \sum_B\big(x_B\cdot g_B - L\big) \;\underbrace{-\;\sum_h\frac1\beta\sum_C\log\sum_{B\neq C}
+# $g_B = \gamma\,(x_B-\bar x_B)/\sqrt{\operatorname{var}(x_B)+\epsilon}+\delta$ (layer norm), and the energy is the
+# paper's attention + Hopfield energy of these activations,
+# $$E = \underbrace{-\;\sum_h\frac1\beta\sum_C\log\sum_{B\neq C}
 # e^{\beta\,K_{hB}\cdot Q_{hC}}}_{E^{\mathrm{ATT}},\ K = W^K g,\ Q = W^Q g}
 # \;\underbrace{-\;\tfrac12\sum_B\sum_\mu \max(\xi_\mu\cdot g_B, 0)^2}_{E^{\mathrm{HN}}}.$$
 # Inference is gradient descent on this energy, $x^{t+1} = x^t - \alpha\,\partial E/\partial g$ (explicit Euler on
-# $\tau\dot x = -\partial E/\partial g$), so the energy falls at every small enough step: masked patches are
+# $\tau\dot x = -\partial E/\partial g$). `EnergyTransformer` builds this by default (`legendre=False`: the token
+# layer's Legendre term $\sum_B x_B\cdot g_B - L$ is left out, so there is no leak $-x$ in the dynamics; pass
+# `legendre=True` for the generic HAM form). Since $\partial E/\partial x = \nabla^2 L\,\partial E/\partial g$ with
+# $\nabla^2 L\succeq 0$, the energy falls at every small enough step, and it is bounded below because layer norm
+# bounds $g$: masked patches are
 # "attracted" to completions consistent with the visible ones. We train a tiny ET for a few seconds on the
 # scikit-learn digits ($8\times8$ images, $2\times2$ patches, half of them masked) and watch a reconstruction emerge
 # step by step while the energy decreases.
@@ -74,7 +79,7 @@ class MaskedImageModel(eqx.Module):
 
     def __init__(self, key):
         k_et, k_embed, k_pos, k_dec = jax.random.split(key, 4)
-        self.et = EnergyTransformer(TOKENS, DIM, heads=2, head_dim=8, memories=64, key=k_et)
+        self.et = EnergyTransformer(TOKENS, DIM, heads=2, head_dim=8, memories=64, legendre=False, key=k_et)
         self.embed = jax.random.normal(k_embed, (PATCH_DIM, DIM)) / np.sqrt(PATCH_DIM)
         self.positions = 0.1 * jax.random.normal(k_pos, (TOKENS, DIM))
         self.mask_token = jnp.zeros(DIM)
