@@ -41,7 +41,7 @@ def build_memory(
     patterns: np.ndarray, beta: float, visible: str = "identity", similarity: str = "euclidean",
     hidden_tau: float = 0.1,
 ) -> HAM:
-    """Visible (dim) + hidden softmax (num_patterns) layers; a Dense synapse holds the
+    r"""Visible (dim) + hidden softmax (num_patterns) layers; a Dense synapse holds the
     images and a Bias on the hidden layer sets the similarity.
 
     - identity visible: the fixed point is $v = Ξ^⊤\mathrm{softmax}(β(Ξv + b))$. With
