@@ -245,11 +245,6 @@ def test_binary_retrieve_returns_fixed_points_of_the_sign_update(x64, model, see
     assert bool(np.all(conv2)) and np.all(np.asarray(sweeps) == 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ham/memories/_binary.py ClassicalHopfield: the local fields are updated incrementally "
-    "(_flip: aux + W[i]*ds) with W = PᵀP/N inexact for N not a power of 2, so an exact tie "
-    "h_i = 0 (common for even N) comes out ±1e-17 and is decided by round-off history: the "
-    "returned 'converged' state is not a fixed point of a fresh sweep (W@s recomputed)."))
 def test_classical_fixed_point_is_stable_at_exact_ties(x64):
     """K = 12, N = 24 (W = k/24 is inexact in binary floating point), seed 0: the
     returned converged states have neurons with exact local field 0 (a tie, which

@@ -197,25 +197,39 @@ class ClassicalHopfield(_BinaryMemory):
     weights: Float[Array, "dim dim"]
     bias: Float[Array, " dim"] | None
     beta: float | Array = 1.0
+    # N·W = Σ_μ ξ_μ ξ_μᵀ with zero diagonal: integer-valued, so the sign dynamics compute
+    # local fields exactly and an exact tie (field 0: keep the neuron) is never decided by
+    # round-off of 1/N. None: use ``weights`` (e.g. for hand-made non-Hebbian weights).
+    counts: Float[Array, "dim dim"] | None = None
 
     def __check_init__(self):
         n = self.patterns.shape[1]
+        if self.counts is not None and self.counts.shape != (n, n):
+            raise ValueError(f"classical: counts must have shape ({n}, {n}), got {tuple(self.counts.shape)}.")
         if self.weights.shape != (n, n):
             raise ValueError(f"classical: weights must have shape ({n}, {n}), got {tuple(self.weights.shape)}.")
         if self.bias is not None and self.bias.shape != (n,):
             raise ValueError(f"classical: bias must have shape ({n},), got {tuple(self.bias.shape)}.")
         check_positive("classical", "beta", self.beta)
 
+    def _field_matrix(self):
+        # the local fields are kept scaled by N when the exact integer counts are known
+        if self.counts is None:
+            return self.weights, 1.0
+        return self.counts, float(self.dim)
+
     def _aux(self, s):
-        u = self.weights @ s
-        return u if self.bias is None else u + self.bias
+        m, scale = self._field_matrix()
+        u = m @ s
+        return u if self.bias is None else u + scale * self.bias
 
     def _score(self, aux, s, i):
         return aux[i]
 
     def _flip(self, aux, i, ds):
         # zero diagonal: flipping s_i changes the other local fields only; W symmetric.
-        return aux + self.weights[i] * ds
+        m, _ = self._field_matrix()
+        return aux + m[i] * ds
 
     def _energy_one(self, s):
         e = -0.5 * jnp.vdot(s, self.weights @ s)
@@ -268,10 +282,10 @@ def classical(
     p = as_patterns("classical", patterns)
     p = _binary_patterns("classical", p, binarize)
     n = p.shape[1]
-    w = (p.T @ p) / n
-    w = w * (1.0 - jnp.eye(n, dtype=w.dtype))
+    counts = (p.T @ p) * (1.0 - jnp.eye(n, dtype=p.dtype))  # exact integers for ±1 patterns
+    w = counts / n
     b = None if bias is None else jnp.asarray(bias, p.dtype)
-    return ClassicalHopfield(patterns=p, weights=w, bias=b, beta=beta)
+    return ClassicalHopfield(patterns=p, weights=w, bias=b, beta=beta, counts=counts)
 
 
 def _binary_patterns(model, p, do_binarize):
