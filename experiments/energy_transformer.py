@@ -31,10 +31,8 @@ import functools
 import io
 import json
 import math
-import os
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +46,7 @@ import ham
 from ham.energy_transformer import EnergyTransformer, patchify, unpatchify
 
 from ._io import results_dir as _results_dir
-from ._io import save_figure, write_json
+from ._io import atomic_open, save_figure, write_json
 from .data import load_dataset
 
 NAME = "energy_transformer"
@@ -339,22 +337,12 @@ def _config_dict(cfg: Config) -> dict:
 def save_checkpoint(path: Path, state, meta: dict) -> None:
     """One file: magic, JSON header (config, epoch, history), then the pytree leaves
     (``eqx.tree_serialise_leaves``); written to a temporary file and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps(meta).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(CHECKPOINT_MAGIC)
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            eqx.tree_serialise_leaves(f, state)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(CHECKPOINT_MAGIC)
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        eqx.tree_serialise_leaves(f, state)
 
 
 def load_checkpoint(path: Path, like, config: dict):
