@@ -24,6 +24,33 @@ from jaxtyping import Array, Float, Scalar
 
 from ._base import Synapse, shape_error
 
+
+def _image_layers(name: str, kind: str, what: str, shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (input, output) shapes of a synapse between two (H, W, C) image layers."""
+    if len(shapes) != 2:
+        raise shape_error(name, kind, f"{what} joins two layers (input, output), not {len(shapes)}", shapes)
+    s_in, s_out = shapes
+    if len(s_in) != 3 or len(s_out) != 3:
+        raise shape_error(
+            name, kind, f"{what} needs image layers of shape (H, W, C); got input {s_in} and output {s_out}",
+            shapes,
+        )
+    return s_in, s_out
+
+
+def _check_output(name: str, kind: str, what: str, s_in, s_out, want, shapes) -> None:
+    """The output layer must have the shape the map produces from the input layer."""
+    if min(want[:2]) < 1:
+        raise shape_error(
+            name, kind, f"{what} does not fit the input layer of shape {s_in} (output would be {want})", shapes
+        )
+    if s_out != want:
+        raise shape_error(
+            name, kind,
+            f"{what} maps the input layer of shape {s_in} to shape {want}, but the output layer has shape {s_out}",
+            shapes,
+        )
+
 __all__ = ["Conv", "Pool"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -132,29 +159,12 @@ class Conv(Synapse):
         shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         k = tuple(self.kernel.shape)
         what = f"kernel of shape {k}, stride {self.stride}, padding {_describe(self.padding)}"
-        if len(shapes) != 2:
-            raise shape_error(name, "Conv", f"{what} joins two layers (input, output), not {len(shapes)}", shapes)
-        s_in, s_out = shapes
-        if len(s_in) != 3 or len(s_out) != 3:
-            raise shape_error(
-                name, "Conv", f"{what} needs image layers of shape (H, W, C); got input {s_in} and output {s_out}",
-                shapes,
-            )
+        s_in, s_out = _image_layers(name, "Conv", what, shapes)
         if s_in[2] != k[2]:
             raise shape_error(
                 name, "Conv", f"{what} expects {k[2]} input channels, but the input layer has shape {s_in}", shapes
             )
-        want = self.output_shape(s_in)
-        if min(want[:2]) < 1:
-            raise shape_error(
-                name, "Conv", f"{what} does not fit the input layer of shape {s_in} (output would be {want})", shapes
-            )
-        if s_out != want:
-            raise shape_error(
-                name, "Conv",
-                f"{what} maps the input layer of shape {s_in} to shape {want}, but the output layer has shape {s_out}",
-                shapes,
-            )
+        _check_output(name, "Conv", what, s_in, s_out, self.output_shape(s_in), shapes)
 
 
 class Pool(Synapse):
@@ -219,22 +229,5 @@ class Pool(Synapse):
     def check_shapes(self, name, shapes):
         shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         what = f"{self.kind} pooling with window {self.window}, stride {self.stride}, padding {_describe(self.padding)}"
-        if len(shapes) != 2:
-            raise shape_error(name, "Pool", f"{what} joins two layers (input, output), not {len(shapes)}", shapes)
-        s_in, s_out = shapes
-        if len(s_in) != 3 or len(s_out) != 3:
-            raise shape_error(
-                name, "Pool", f"{what} needs image layers of shape (H, W, C); got input {s_in} and output {s_out}",
-                shapes,
-            )
-        want = self.output_shape(s_in)
-        if min(want[:2]) < 1:
-            raise shape_error(
-                name, "Pool", f"{what} does not fit the input layer of shape {s_in} (output would be {want})", shapes
-            )
-        if s_out != want:
-            raise shape_error(
-                name, "Pool",
-                f"{what} maps the input layer of shape {s_in} to shape {want}, but the output layer has shape {s_out}",
-                shapes,
-            )
+        s_in, s_out = _image_layers(name, "Pool", what, shapes)
+        _check_output(name, "Pool", what, s_in, s_out, self.output_shape(s_in), shapes)
