@@ -126,6 +126,16 @@ def _apply(linear: eqx.nn.Linear, x):
     return x @ linear.weight.T + linear.bias
 
 
+def _embedding(cfg, tokens, patch_dim, ke, kd, km, kp):
+    """Encoder, decoder, mask token and position embeddings: one initialisation shared by
+    the Energy Transformer and the baseline, so both are set up the same way."""
+    encoder = _linear(ke, patch_dim, cfg.dim)
+    decoder = _linear(kd, cfg.dim, patch_dim)
+    mask_token = cfg.embed_std * jax.random.normal(km, (cfg.dim,))
+    positions = cfg.embed_std * jax.random.normal(kp, (tokens, cfg.dim))
+    return encoder, decoder, mask_token, positions
+
+
 def _masked_tokens(encoder, mask_token, positions, patches, mask):
     x = _apply(encoder, patches)
     return jnp.where(mask[..., None], mask_token, x) + positions
@@ -147,10 +157,9 @@ class MaskedET(eqx.Module):
 
     def __init__(self, cfg: Config, tokens: int, patch_dim: int, *, key):
         ke, kd, km, kp, kt = jax.random.split(key, 5)
-        self.encoder = _linear(ke, patch_dim, cfg.dim)
-        self.decoder = _linear(kd, cfg.dim, patch_dim)
-        self.mask_token = cfg.embed_std * jax.random.normal(km, (cfg.dim,))
-        self.positions = cfg.embed_std * jax.random.normal(kp, (tokens, cfg.dim))
+        self.encoder, self.decoder, self.mask_token, self.positions = _embedding(
+            cfg, tokens, patch_dim, ke, kd, km, kp
+        )
         self.et = EnergyTransformer(
             tokens, cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, memories=cfg.memories, kind=cfg.hopfield,
             legendre=cfg.legendre, key=kt,
@@ -205,10 +214,9 @@ class MaskedTransformer(eqx.Module):
 
     def __init__(self, cfg: Config, tokens: int, patch_dim: int, *, key):
         ke, kd, km, kp, kb = jax.random.split(key, 5)
-        self.encoder = _linear(ke, patch_dim, cfg.dim)
-        self.decoder = _linear(kd, cfg.dim, patch_dim)
-        self.mask_token = cfg.embed_std * jax.random.normal(km, (cfg.dim,))
-        self.positions = cfg.embed_std * jax.random.normal(kp, (tokens, cfg.dim))
+        self.encoder, self.decoder, self.mask_token, self.positions = _embedding(
+            cfg, tokens, patch_dim, ke, kd, km, kp
+        )
         self.blocks = [
             Block(cfg.dim, cfg.heads, cfg.head_dim, cfg.memories, key=k)
             for k in jax.random.split(kb, cfg.baseline_layers)
