@@ -7,6 +7,7 @@ autodiff; retrieval is the continuous dynamics integrated by diffrax to a fixed 
 from . import lagrangians, lyapunov, synapses
 from . import memories
 from . import energy_transformer
+from .integrator import ExponentialEuler
 from .layer import Layer
 from .network import HAM
 from .solve import Solution, default_tolerances, descend, relax
@@ -19,6 +20,7 @@ __all__ = [
     "Layer",
     "HAM",
     "Solution",
+    "ExponentialEuler",
     "relax",
     "descend",
     "default_tolerances",

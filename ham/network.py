@@ -7,8 +7,10 @@ from collections.abc import Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import _checks as checks
 from .layer import Layer
 from .synapses import Synapse
 
@@ -18,12 +20,22 @@ States = dict[str, Array]
 
 
 def _freeze_connections(c: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    if not isinstance(c, Mapping):
+        raise TypeError(
+            f"HAM: connections must be a dict mapping each synapse name to the layer names it joins, "
+            f"got {type(c).__name__}."
+        )
     out = {}
     for k, v in dict(c).items():
         if isinstance(v, str):
             v = (v,)
+        if not isinstance(v, (tuple, list)):
+            raise TypeError(f"HAM: connections[{k!r}] must be a tuple of layer names, got {v!r}.")
         out[k] = tuple(v)
     return out
+
+
+_OVERFLOW = "the energy or its gradient overflows the dtype for these states; rescale them or the weights"
 
 
 class HAM(eqx.Module):
@@ -48,6 +60,9 @@ class HAM(eqx.Module):
     connections: dict[str, tuple[str, ...]] = eqx.field(static=True, converter=_freeze_connections)
 
     def __check_init__(self):
+        for what, d in (("layers", self.layers), ("synapses", self.synapses)):
+            if not isinstance(d, Mapping):
+                raise TypeError(f"HAM: {what} must be a dict keyed by name, got {type(d).__name__}.")
         if not self.layers:
             raise ValueError("HAM: needs at least one layer.")
         for name, layer in self.layers.items():
@@ -75,11 +90,15 @@ class HAM(eqx.Module):
     # ------------------------------------------------------------------ batching
     def batch_shape(self, xs: Mapping[str, Array]) -> tuple[int, ...]:
         """The leading batch shape shared by all layers of ``xs`` (validated)."""
+        if not isinstance(xs, Mapping):
+            raise TypeError(f"HAM: states must be a dict keyed by layer name, got {type(xs).__name__}.")
         if set(xs) != set(self.layers):
             raise ValueError(f"HAM: states have layers {sorted(xs)}, the network has {sorted(self.layers)}.")
         batch = None
         for name, layer in self.layers.items():
             x = xs[name]
+            if not hasattr(x, "ndim"):
+                x = jnp.asarray(x)
             nd = len(layer.shape)
             if x.ndim < nd or tuple(x.shape[x.ndim - nd :]) != layer.shape:
                 raise ValueError(
@@ -120,6 +139,40 @@ class HAM(eqx.Module):
         e = sum(layer.energy(xs[k], gs[k]) for k, layer in self.layers.items() if layer.legendre)
         return e + self._synapse_energy(gs)
 
+    def _energy_and_dEdg(self, xs: States) -> tuple[Array, States]:
+        """Energy and $\\partial E/\\partial g_A$ of one unbatched state in one pass
+        (``value_and_grad`` of every Lagrangian and of the synapse energy)."""
+        lg = {k: jax.value_and_grad(layer.lagrangian)(xs[k]) for k, layer in self.layers.items()}
+        gs = {k: v[1] for k, v in lg.items()}
+        if self.synapses:
+            e_syn, dsyn = jax.value_and_grad(self._synapse_energy)(gs)
+        else:
+            e_syn, dsyn = 0.0, {k: jnp.zeros_like(v) for k, v in gs.items()}
+        e = e_syn
+        d = {}
+        for k, layer in self.layers.items():
+            if layer.legendre:
+                e = e + jnp.vdot(xs[k], gs[k]) - lg[k][0]
+                d[k] = xs[k] + dsyn[k]
+            else:
+                d[k] = dsyn[k]
+        return e, d
+
+    def _dEdg_layer(self, xs: States, name: str) -> Array:
+        """$\\partial E/\\partial g_A$ for the one layer ``name`` (only the synapses that
+        join it are differentiated)."""
+        gs = self._activations(xs)
+        layer = self.layers[name]
+
+        joined = [s for s, lns in self.connections.items() if name in lns]
+
+        def e_syn(g):
+            g_all = {**gs, name: g}
+            return sum(self.synapses[s].energy(*(g_all[ln] for ln in self.connections[s])) for s in joined)
+
+        d = jax.grad(e_syn)(gs[name]) if joined else jnp.zeros_like(xs[name])
+        return xs[name] + d if layer.legendre else d
+
     def _dEdg(self, xs: States) -> States:
         gs = self._activations(xs)
         dsyn = jax.grad(self._synapse_energy)(gs)
@@ -132,8 +185,15 @@ class HAM(eqx.Module):
     ) -> States:
         """States of shape ``(*batch_shape, *layer.shape)``: zeros, or ``scale`` times
         standard normal noise when a PRNG ``key`` is given (deterministic per key)."""
-        batch_shape = tuple(batch_shape)
+        if isinstance(batch_shape, (int, np.integer)) and not isinstance(batch_shape, bool):
+            batch_shape = (batch_shape,)
+        batch_shape = tuple(checks.integer("HAM.init_states", "batch_shape", d, minimum=0) for d in batch_shape)
         dtype = dtype or jnp.zeros(()).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"HAM.init_states: dtype must be a floating dtype, got {dtype}.")
+        if key is not None:
+            checks.prng_key("HAM.init_states", "key", key)
+            scale = checks.param("HAM.init_states", "scale", scale, low=0.0, inclusive=True)
         if key is None:
             return {k: jnp.zeros(batch_shape + l.shape, dtype) for k, l in self.layers.items()}
         names = sorted(self.layers)
@@ -143,26 +203,36 @@ class HAM(eqx.Module):
             for k, kk in zip(names, keys)
         }
 
+    def _checked(self, method: str, fn, xs):
+        """``fn`` of finite states (batched), refusing NaN/inf states and an overflowing result."""
+        if not isinstance(xs, Mapping):
+            raise TypeError(f"HAM.{method}: states must be a dict keyed by layer name, got {type(xs).__name__}.")
+        xs = {k: checks.real_array(f"HAM.{method}", f"states[{k!r}]", v) for k, v in xs.items()}
+        self.batch_shape(xs)
+        xs = checks.finite_tree(f"HAM.{method}", "states", xs, runtime=True)
+        return checks.finite_result(f"HAM.{method}", self._vmap(fn, xs), _OVERFLOW)
+
     def activations(self, xs: Mapping[str, Array]) -> States:
         r"""$g_A = \partial L_A/\partial x_A$ for every layer."""
-        return self._vmap(self._activations, dict(xs))
+        return self._checked("activations", self._activations, xs)
 
     def energy(self, xs: Mapping[str, Array]) -> Float[Array, "*batch"]:
         """Total energy, one scalar per batch element."""
-        return self._vmap(self._energy, dict(xs))
+        return self._checked("energy", self._energy, xs)
 
     def energy_terms(self, xs: Mapping[str, Array]) -> dict[str, Array]:
         """The energy split into ``layer:<name>`` and ``synapse:<name>`` terms."""
-        return self._vmap(self._energy_terms, dict(xs))
+        return self._checked("energy_terms", self._energy_terms, xs)
 
     def dEdg(self, xs: Mapping[str, Array]) -> States:
         r"""$\partial E/\partial g_A$ with the $x$'s held fixed: $x_A + \sum_S \partial E_S/\partial g_A$
         (without $x_A$ for a layer with ``legendre=False``)."""
-        return self._vmap(self._dEdg, dict(xs))
+        return self._checked("dEdg", self._dEdg, xs)
 
     def vector_field(self, t, xs: Mapping[str, Array], args=None) -> States:
         r"""The ODE right-hand side $\dot x_A = -(\partial E/\partial g_A)/\tau_A$
-        (``t`` and ``args`` are accepted for diffrax and unused)."""
+        (``t`` and ``args`` are accepted for diffrax and unused). Not data-checked: the
+        solvers call it and report a non-finite state through ``Solution.reason``."""
         del t, args
-        d = self.dEdg(xs)
+        d = self._vmap(self._dEdg, dict(xs))
         return {k: -d[k] / self.layers[k].tau for k in self.layers}
