@@ -18,6 +18,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from . import _checks
 from jaxtyping import Array, ArrayLike, Float, Scalar
 
 __all__ = [
@@ -34,10 +36,16 @@ __all__ = [
 ]
 
 
-def _check_positive(name: str, value, what: str = "beta") -> None:
-    # Only concrete Python numbers can be checked eagerly; traced values pass through.
-    if isinstance(value, (int, float)) and not value > 0:
-        raise ValueError(f"{name}: {what} must be > 0, got {value!r}.")
+def _check_positive(name: str, value, what: str = "beta", low: float = 0.0, inclusive: bool = False) -> None:
+    # Concrete values (numbers and arrays) are checked eagerly; traced ones pass through
+    # here (a Lagrangian runs inside every vector-field evaluation): the models and
+    # layers that hold a traced parameter check it with eqx.error_if where they store it.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (value >= low if inclusive else value > low) and math.isfinite(value):
+            return
+    elif isinstance(value, jax.core.Tracer):
+        return
+    _checks.param(name, what, value, low=low, inclusive=inclusive, shapes=None)
 
 
 def identity(x: Float[Array, "..."]) -> Scalar:
@@ -97,8 +105,8 @@ def layernorm(
     Convex for $\gamma \ge 0$; ``gamma`` and ``delta`` may be scalars or per-feature
     vectors of length $D$ (the last axis).
     """
-    if isinstance(gamma, (int, float)) and gamma < 0:
-        raise ValueError(f"layernorm: gamma must be >= 0 for a convex Lagrangian, got {gamma}.")
+    _check_positive("layernorm", gamma, "gamma", inclusive=True)
+    _check_positive("layernorm", eps, "eps")
     d = x.shape[-1]
     xc = x - jnp.mean(x, axis=-1, keepdims=True)
     sd = jnp.sqrt(jnp.mean(xc * xc, axis=-1) + eps)
@@ -121,8 +129,7 @@ def rectified_polynomial(x: Float[Array, "..."], n: float = 2) -> Scalar:
     r"""$L = \sum_i \max(x_i, 0)^n / n$, activation $g = \max(x, 0)^{n-1}$: the
     rectified polynomial interaction of Dense Associative Memory (Krotov & Hopfield
     2016). Convex for $n \ge 1$."""
-    if isinstance(n, (int, float)) and n < 1:
-        raise ValueError(f"rectified_polynomial: n must be >= 1 for a convex Lagrangian, got {n}.")
+    _check_positive("rectified_polynomial", n, "n", low=1.0, inclusive=True)
     r = jnp.maximum(x, 0)
     # r**n has an infinite/NaN derivative at 0 for n < 2 unless guarded.
     safe = jnp.where(r > 0, r, 1.0)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Scalar
 
+from . import _checks as checks
 from .lagrangians import check_convex
 
 __all__ = ["Layer"]
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"Layer: shape must be a tuple of positive ints, got {shape!r}.")
+    dims = tuple(shape)
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"Layer: shape must be a tuple of positive ints, got {shape!r}.")
+    return tuple(int(d) for d in dims)
+
+
+def _tau(tau):
+    # eager check for concrete values (numbers and arrays), eqx.error_if for traced ones
+    return checks.param("Layer", "tau", tau, allow_inf=True, shapes=None)
 
 
 class Layer(eqx.Module):
@@ -36,17 +54,22 @@ class Layer(eqx.Module):
     """
 
     lagrangian: Callable[[Array], Scalar]
-    shape: tuple[int, ...] = eqx.field(static=True, converter=lambda s: tuple(int(d) for d in s))
-    tau: float | Array = 1.0
+    shape: tuple[int, ...] = eqx.field(static=True, converter=_shape)
+    tau: float | Array = eqx.field(default=1.0, converter=_tau)
     check_convexity: bool = eqx.field(static=True, default=True, repr=False)
     legendre: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if any(d < 1 for d in self.shape):
             raise ValueError(f"Layer: shape must have positive dimensions, got {self.shape}.")
-        tau = self.tau
-        if isinstance(tau, (int, float)) and not tau > 0:
-            raise ValueError(f"Layer: tau must be > 0 (or inf to clamp), got {tau}.")
+        tau_shape = tuple(jnp.shape(self.tau))
+        if len(tau_shape) > len(self.shape) or any(
+            t not in (1, d) for t, d in zip(tau_shape[::-1], self.shape[::-1])
+        ):
+            raise ValueError(
+                f"Layer: tau must be a scalar or broadcast to the layer shape {self.shape}, "
+                f"got an array of shape {tau_shape}."
+            )
         if not callable(self.lagrangian):
             raise TypeError(f"Layer: lagrangian must be callable, got {type(self.lagrangian)}.")
         if self.check_convexity:

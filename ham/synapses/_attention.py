@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
+from .. import _checks as checks
 from ._base import Synapse, shape_error
 
 
@@ -43,12 +44,26 @@ class Attention(Synapse):
         beta: float | Float[ArrayLike, "*heads"] | None = None,
         mask: Bool[ArrayLike, "tokens tokens"] | None = None,
     ):
-        self.W_K = jnp.asarray(W_K)
-        self.W_Q = jnp.asarray(W_Q)
+        self.W_K = checks.finite("Attention", "W_K", checks.real_array("Attention", "W_K", W_K))
+        self.W_Q = checks.finite("Attention", "W_Q", checks.real_array("Attention", "W_Q", W_Q))
         if beta is None:
-            beta = 1.0 / float(np.sqrt(self.W_K.shape[1])) if self.W_K.ndim == 3 else 1.0
+            beta = 1.0 / float(np.sqrt(self.W_K.shape[1])) if self.W_K.ndim == 3 and self.W_K.shape[1] > 0 else 1.0
+        heads = self.W_K.shape[0] if self.W_K.ndim == 3 else None
+        shapes = ((),) if heads is None else ((), (heads,))
+        beta = checks.param("Attention", "beta", beta, shapes=shapes,
+                            shape_text=f"a scalar or have shape (heads,) = ({heads},)")
         self.beta = beta if isinstance(beta, (int, float)) else jnp.asarray(beta)
-        self.mask = None if mask is None else jnp.asarray(mask, dtype=bool)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.dtype != jnp.bool_ and not (
+                jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype, jnp.floating)
+            ):
+                raise TypeError(f"Attention: mask must be a boolean array, got dtype {mask.dtype}.")
+            if mask.dtype != jnp.bool_:
+                if not checks.is_traced(mask) and not bool(np.all((np.asarray(mask) == 0) | (np.asarray(mask) == 1))):
+                    raise ValueError("Attention: mask must be boolean (or 0/1), got other values.")
+                mask = mask != 0
+        self.mask = mask
 
     def __check_init__(self):
         if self.W_K.ndim != 3 or self.W_K.shape != self.W_Q.shape:
@@ -56,14 +71,8 @@ class Attention(Synapse):
                 f"Attention: W_K and W_Q must both have shape (heads, head_dim, dim); got W_K "
                 f"{tuple(self.W_K.shape)} and W_Q {tuple(self.W_Q.shape)}."
             )
-        heads = self.W_K.shape[0]
-        if isinstance(self.beta, (int, float)):
-            if not self.beta > 0:
-                raise ValueError(f"Attention: beta must be > 0, got {self.beta}.")
-        elif self.beta.shape not in ((), (heads,)):
-            raise ValueError(
-                f"Attention: beta must be a scalar or have shape (heads,) = ({heads},), got {tuple(self.beta.shape)}."
-            )
+        if min(self.W_K.shape) < 1:
+            raise ValueError(f"Attention: W_K and W_Q must be non-empty, got shape {tuple(self.W_K.shape)}.")
         if self.mask is not None and (self.mask.ndim != 2 or self.mask.shape[0] != self.mask.shape[1]):
             raise ValueError(f"Attention: mask must be square (tokens, tokens), got shape {tuple(self.mask.shape)}.")
 

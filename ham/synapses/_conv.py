@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Scalar
 
+from .. import _checks as checks
 from ._base import Synapse, shape_error
 
 
@@ -57,12 +58,14 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _pair(name: str, what: str, value) -> tuple[int, int]:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     try:
         out = tuple(int(v) for v in value)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {value!r}.") from None
+    if any(isinstance(v, bool) for v in value):
+        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {value!r}.")
     if len(out) != 2 or any(v < 1 for v in out) or any(int(v) != v for v in value):
         raise ValueError(f"{name}: {what} must be a pair of positive ints, got {value!r}.")
     return out
@@ -119,7 +122,10 @@ class Conv(Synapse):
     padding: str | tuple[tuple[int, int], tuple[int, int]] = eqx.field(static=True)
 
     def __init__(self, kernel, stride=(1, 1), padding="VALID"):
-        self.kernel = jnp.asarray(kernel)
+        kernel = checks.real_array("Conv", "kernel", kernel) if not hasattr(kernel, "dtype") else jnp.asarray(kernel)
+        if jnp.issubdtype(kernel.dtype, jnp.floating):
+            kernel = checks.finite("Conv", "kernel", kernel)
+        self.kernel = kernel
         self.stride = _pair("Conv", "stride", stride)
         self.padding = _padding("Conv", padding)
 

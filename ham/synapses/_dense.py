@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar
 
+from .. import _checks as checks
 from ._base import Synapse, shape_error
 
 
@@ -21,7 +22,7 @@ class Dense(Synapse):
     weight: Float[Array, "..."]
 
     def __init__(self, weight):
-        self.weight = jnp.asarray(weight)
+        self.weight = checks.finite("Dense", "weight", checks.real_array("Dense", "weight", weight))
 
     def energy(self, *gs: Array) -> Scalar:
         if len(gs) == 1:
@@ -51,7 +52,7 @@ class Bias(Synapse):
     bias: Float[Array, "..."]
 
     def __init__(self, bias):
-        self.bias = jnp.asarray(bias)
+        self.bias = checks.finite("Bias", "bias", checks.real_array("Bias", "bias", bias))
 
     def energy(self, g: Array) -> Scalar:
         return -jnp.vdot(self.bias, g)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Scalar
 
+from .. import _checks as checks
 from ._base import Synapse, shape_error
 
 KINDS = ("relu", "softmax")
@@ -30,20 +31,18 @@ class Hopfield(Synapse):
     beta: float | Float[Array, ""]
 
     def __init__(self, xi: Float[ArrayLike, "memories dim"], kind: str = "relu", beta: float | Float[ArrayLike, ""] = 1.0):
-        self.xi = jnp.asarray(xi)
+        self.xi = checks.finite("Hopfield", "xi", checks.real_array("Hopfield", "xi", xi))
         self.kind = kind
+        beta = checks.param("Hopfield", "beta", beta)
         self.beta = beta if isinstance(beta, (int, float)) else jnp.asarray(beta)
 
     def __check_init__(self):
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"Hopfield: kind must be one of {KINDS}, got {self.kind!r}.")
         if self.xi.ndim != 2:
             raise ValueError(f"Hopfield: xi must have shape (num_memories, dim), got {tuple(self.xi.shape)}.")
-        if isinstance(self.beta, (int, float)):
-            if not self.beta > 0:
-                raise ValueError(f"Hopfield: beta must be > 0, got {self.beta}.")
-        elif self.beta.shape != ():
-            raise ValueError(f"Hopfield: beta must be a scalar, got shape {tuple(self.beta.shape)}.")
+        if min(self.xi.shape) < 1:
+            raise ValueError(f"Hopfield: xi must be non-empty, got shape {tuple(self.xi.shape)}.")
 
     def energy(self, g: Float[Array, "*tokens dim"]) -> Scalar:
         overlaps = g @ self.xi.T  # (*tokens, memories)
