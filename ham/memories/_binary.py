@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .. import lagrangians
@@ -24,6 +24,7 @@ from ..layer import Layer
 from ..network import HAM
 from ..solve import Solution, relax
 from ..synapses import Bias, Dense
+from .. import _checks as checks
 from ._common import as_patterns, as_queries, binarize, check_pm1, check_positive, per_state
 
 __all__ = ["ClassicalHopfield", "DenseAssociativeMemory", "ExponentialAssociativeMemory",
@@ -103,25 +104,32 @@ class _BinaryMemory(eqx.Module):
         """States and energies after every single-neuron update of ``sweeps`` asynchronous
         sweeps from ``sign(query)`` (the same rule as ``retrieve(mode="async")``, for
         inspecting the descent); the first row is the initial state."""
-        q, single = as_queries(type(self).__name__, query, self.dim, self.patterns.dtype)
+        owner = f"{type(self).__name__}.async_energy_trace"
+        q, single = as_queries(type(self).__name__, query, self.dim, self.patterns.dtype, name="query")
         if not single:
-            raise ValueError(f"{type(self).__name__}.async_energy_trace: takes one query of shape ({self.dim},).")
-        return _trace(self, binarize(q[0]), key, int(sweeps))
+            raise ValueError(f"{owner}: takes one query of shape ({self.dim},).")
+        sweeps = checks.integer(owner, "sweeps", sweeps)
+        if key is not None:
+            checks.prng_key(owner, "key", key)
+        return _trace(self, binarize(q[0]), key, sweeps)
 
-    def _check_mode(self, mode, max_sweeps):
-        if mode not in _MODES:
-            raise ValueError(f"{type(self).__name__}.retrieve: mode must be one of {_MODES}, got {mode!r}.")
-        if int(max_sweeps) < 1:
-            raise ValueError(f"{type(self).__name__}.retrieve: max_sweeps must be >= 1, got {max_sweeps}.")
+    def _check_mode(self, mode, max_sweeps, key=None):
+        owner = f"{type(self).__name__}.retrieve"
+        if not isinstance(mode, str) or mode not in _MODES:
+            raise ValueError(f"{owner}: mode must be one of {_MODES}, got {mode!r}.")
+        if key is not None:
+            checks.prng_key(owner, "key", key)
+        return checks.integer(owner, "max_sweeps", max_sweeps)
 
     def run(
         self, queries, mode: str = "async", max_sweeps: int = 100, key: PRNGKeyArray | None = None
     ) -> tuple[Array, Array, Array]:
         """Like ``retrieve`` but also returns ``(states, sweeps, converged)``: the number
         of sweeps made and whether the last sweep changed nothing (a fixed point)."""
-        self._check_mode(mode, max_sweeps)
+        max_sweeps = self._check_mode(mode, max_sweeps, key)
+        # NaN queries are refused here: sign() would silently turn them into -1.
         q, single = as_queries(type(self).__name__, queries, self.dim, self.patterns.dtype)
-        s, k, conv = _run_batch(self, binarize(q.astype(self.patterns.dtype)), key, mode, int(max_sweeps))
+        s, k, conv = _run_batch(self, binarize(q.astype(self.patterns.dtype)), key, mode, max_sweeps)
         if single:
             return s[0], k[0], conv[0]
         return s, k, conv
@@ -196,7 +204,7 @@ class ClassicalHopfield(_BinaryMemory):
     patterns: Float[Array, "num_patterns dim"]
     weights: Float[Array, "dim dim"]
     bias: Float[Array, " dim"] | None
-    beta: float | Array = 1.0
+    beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("classical", "beta"))
     # N·W = Σ_μ ξ_μ ξ_μᵀ with zero diagonal: integer-valued, so the sign dynamics compute
     # local fields exactly and an exact tie (field 0: keep the neuron) is never decided by
     # round-off of 1/N. None: use ``weights`` (e.g. for hand-made non-Hebbian weights).
@@ -210,7 +218,6 @@ class ClassicalHopfield(_BinaryMemory):
             raise ValueError(f"classical: weights must have shape ({n}, {n}), got {tuple(self.weights.shape)}.")
         if self.bias is not None and self.bias.shape != (n,):
             raise ValueError(f"classical: bias must have shape ({n},), got {tuple(self.bias.shape)}.")
-        check_positive("classical", "beta", self.beta)
 
     def _field_matrix(self):
         # the local fields are kept scaled by N when the exact integer counts are known
@@ -237,8 +244,8 @@ class ClassicalHopfield(_BinaryMemory):
 
     def make_network(self, beta: float | Array | None = None, tau: float = 1.0) -> HAM:
         """The continuous classical network (tanh neurons of gain ``beta``)."""
-        beta = self.beta if beta is None else beta
-        check_positive("classical", "beta", beta)
+        beta = self.beta if beta is None else check_positive("classical.make_network", "beta", beta)
+        tau = check_positive("classical.make_network", "tau", tau, allow_inf=True)
         dt = self.patterns.dtype  # array leaves: new values of beta/tau do not recompile a jitted relax
         layer = Layer(eqx.Partial(lagrangians.tanh, beta=jnp.asarray(beta, dt)), shape=(self.dim,),
                       tau=jnp.asarray(tau, dt), check_convexity=False)
@@ -284,7 +291,12 @@ def classical(
     n = p.shape[1]
     counts = (p.T @ p) * (1.0 - jnp.eye(n, dtype=p.dtype))  # exact integers for ±1 patterns
     w = counts / n
-    b = None if bias is None else jnp.asarray(bias, p.dtype)
+    b = None
+    if bias is not None:
+        b = checks.real_array("classical", "bias", bias, p.dtype).astype(p.dtype)
+        if b.shape != (n,):
+            raise ValueError(f"classical: bias must have shape ({n},), got {tuple(b.shape)}.")
+        b = checks.finite("classical", "bias", b)
     return ClassicalHopfield(patterns=p, weights=w, bias=b, beta=beta, counts=counts)
 
 
@@ -366,16 +378,13 @@ class ExponentialAssociativeMemory(_BinaryMemory):
     The update compares $\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma^{(i+)}}$ with
     $\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma^{(i-)}}$ (log-sum-exp shifts by the largest
     overlap), so it never overflows. ``energy`` is the exact $-\sum_\mu e^{\beta
-    \xi_\mu\cdot\sigma}$ (it is $-\infty$ once $\beta\max_\mu\xi_\mu\cdot\sigma$ passes
-    the dtype's exponent range); ``log_energy`` $= -\beta^{-1}\log(-E)$ is an
+    \xi_\mu\cdot\sigma}$ (it raises a ValueError once $\beta\max_\mu\xi_\mu\cdot\sigma$
+    passes the dtype's exponent range, where it would be $-\infty$); ``log_energy`` $= -\beta^{-1}\log(-E)$ is an
     increasing function of it that is always finite.
     """
 
     patterns: Float[Array, "num_patterns dim"]
-    beta: float | Array = 1.0
-
-    def __check_init__(self):
-        check_positive("exponential", "beta", self.beta)
+    beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("exponential", "beta"))
 
     def _aux(self, s):
         return self.patterns @ s
@@ -391,10 +400,19 @@ class ExponentialAssociativeMemory(_BinaryMemory):
     def _energy_one(self, s):
         return -jnp.exp(jax.nn.logsumexp(self.beta * (self.patterns @ s)))
 
+    def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
+        r"""$-\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$ (per batch element); raises when it
+        overflows the dtype (use ``log_energy``, which never does)."""
+        return per_state(
+            "exponential", self._energy_one, state, self.dim,
+            hint="-sum exp(beta * patterns @ state) overflows the dtype; use log_energy (always finite) "
+            "or a smaller beta",
+        )
+
     def log_energy(self, state) -> Float[Array, "*batch"]:
         r"""$-\beta^{-1}\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$, increasing in ``energy``."""
         fn = lambda s: -jax.nn.logsumexp(self.beta * (self.patterns @ s)) / self.beta  # noqa: E731
-        return per_state("exponential", fn, state, self.dim)
+        return per_state("exponential.log_energy", fn, state, self.dim)
 
     @property
     def network(self) -> HAM:
@@ -411,7 +429,7 @@ def dense(
     classical network up to a constant). Non-±1 patterns raise unless ``binarize=True``."""
     p = _binary_patterns("dense", as_patterns("dense", patterns), binarize)
     if isinstance(n, bool) or not isinstance(n, int):
-        if isinstance(n, float) and n.is_integer():
+        if isinstance(n, (float, np.floating, np.integer)) and float(n).is_integer():
             n = int(n)
         else:
             raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {n!r}.")

@@ -9,10 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from .. import _checks as checks
+
 
 def as_patterns(model: str, patterns, name: str = "patterns") -> Array:
-    """``patterns`` as a floating array of shape ``(num_patterns, dim)``, or a ValueError."""
-    p = jnp.asarray(patterns)
+    """``patterns`` as a floating array of shape ``(num_patterns, dim)`` with finite
+    entries, or a ValueError / TypeError naming ``model`` and ``name``."""
+    p = checks.real_array(model, name, patterns)
     if p.ndim != 2:
         raise ValueError(
             f"{model}: {name} must have shape (num_patterns, dim), got an array of rank {p.ndim} "
@@ -20,18 +23,14 @@ def as_patterns(model: str, patterns, name: str = "patterns") -> Array:
         )
     if p.shape[0] < 1 or p.shape[1] < 1:
         raise ValueError(f"{model}: {name} must be non-empty, got shape {tuple(p.shape)}.")
-    if not jnp.issubdtype(p.dtype, jnp.floating):
-        p = p.astype(jnp.zeros(()).dtype)
-    return p
+    return checks.finite(model, name, p)
 
 
-def check_positive(model: str, name: str, value) -> None:
-    """Raise when a concrete ``value`` is not > 0 (traced values pass through)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    v = np.asarray(value)
-    if v.ndim == 0 and not float(v) > 0:
-        raise ValueError(f"{model}: {name} must be > 0, got {float(v)!r}.")
+def check_positive(model: str, name: str, value, **kw):
+    """A parameter that must be a finite scalar > 0 (see ``ham._checks.param``): raises
+    eagerly for concrete values (numbers and arrays), wraps traced ones with
+    ``eqx.error_if``. Returns the (possibly wrapped) value."""
+    return checks.param(model, name, value, **kw)
 
 
 def is_concrete(x) -> bool:
@@ -57,14 +56,20 @@ def binarize(x: Array) -> Array:
     return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
 
 
-def as_queries(model: str, queries, dim: int, dtype) -> tuple[Array, bool]:
-    """Queries as ``(batch, dim)`` plus whether the input was a single ``(dim,)`` query."""
-    q = queries if isinstance(queries, jax.Array) else jnp.asarray(queries)
+def as_queries(model: str, queries, dim: int, dtype, name: str = "queries") -> tuple[Array, bool]:
+    """Queries as ``(batch, dim)`` plus whether the input was a single ``(dim,)`` query;
+    non-finite entries raise (a runtime data check)."""
+    q = queries if isinstance(queries, jax.Array) else checks.real_array(model, name, queries, dtype)
     if q.ndim not in (1, 2) or q.shape[-1] != dim:
         raise ValueError(
-            f"{model}: queries must have shape (dim,) or (batch, dim) with dim={dim} "
+            f"{model}: {name} must have shape (dim,) or (batch, dim) with dim={dim} "
             f"(the patterns' dimension), got shape {tuple(q.shape)}."
         )
+    if q.ndim == 2 and q.shape[0] < 1:
+        raise ValueError(f"{model}: {name} must hold at least one query, got shape {tuple(q.shape)}.")
+    if not (jnp.issubdtype(q.dtype, jnp.floating) or jnp.issubdtype(q.dtype, jnp.integer) or q.dtype == jnp.bool_):
+        raise TypeError(f"{model}: {name} must be a real array, got dtype {q.dtype}.")
+    q = checks.finite(model, name, q, runtime=True)
     # One dtype (the patterns'), never weakly typed: a jitted retrieval compiles once.
     if q.dtype != dtype or q.weak_type:
         q = q.astype(dtype)
@@ -72,19 +77,19 @@ def as_queries(model: str, queries, dim: int, dtype) -> tuple[Array, bool]:
     return (q[None] if single else q), single
 
 
-def per_state(model: str, fn, state, dim: int):
-    """Apply ``fn`` (one state ``(dim,)`` -> scalar) to a state or a batch of states."""
-    s = jnp.asarray(state)
+def per_state(model: str, fn, state, dim: int, hint: str = "the energy overflows for this state"):
+    """Apply ``fn`` (one state ``(dim,)`` -> scalar) to a state or a batch of states; the
+    state must be finite and the result must not overflow."""
+    s = checks.real_array(model, "state", state)
     if s.ndim < 1 or s.shape[-1] != dim:
         raise ValueError(
             f"{model}: state must have shape (..., {dim}), got shape {tuple(s.shape)}."
         )
-    if not jnp.issubdtype(s.dtype, jnp.floating):
-        s = s.astype(jnp.zeros(()).dtype)
+    s = checks.finite(model, "state", s, runtime=True)
     f = fn
     for _ in range(s.ndim - 1):
         f = jax.vmap(f)
-    return f(s)
+    return checks.finite_result(f"{model}.energy", f(s), hint)
 
 
 class fast_method:

@@ -16,6 +16,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
+from .. import _checks as checks
 from ..solve import Solution, relax
 from ..synapses import Bias, Conv, Dense, Pool
 
@@ -85,7 +86,7 @@ class ConvolutionalMemory(eqx.Module):
         return self.network.layers["pixels"].shape
 
     def _check_images(self, images, what: str = "images") -> Array:
-        x = jnp.asarray(images)
+        x = checks.real_array("convolutional", what, images, self.patterns.dtype)
         shape = self.image_shape
         if x.ndim < 3 or tuple(x.shape[-3:]) != shape:
             raise ValueError(
@@ -94,7 +95,7 @@ class ConvolutionalMemory(eqx.Module):
             )
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(self.patterns.dtype)
-        return x
+        return checks.finite("convolutional", what, x, runtime=True)
 
     def initial_state(
         self,
@@ -108,7 +109,12 @@ class ConvolutionalMemory(eqx.Module):
         from the layer below (plus bias)."""
         images = self._check_images(images)
         if mask is not None:
-            mask = jnp.asarray(mask)
+            try:
+                mask = jnp.asarray(mask)
+            except Exception:  # noqa: BLE001
+                raise TypeError(f"convolutional: mask must be a boolean array, got {type(mask).__name__}.") from None
+            if mask.dtype != jnp.bool_:
+                raise TypeError(f"convolutional: mask must be a boolean array (True = observed pixel), got dtype {mask.dtype}.")
             try:
                 mask = jnp.broadcast_to(mask, images.shape)
             except ValueError:
@@ -163,7 +169,11 @@ class ConvolutionalMemory(eqx.Module):
         activation there; batched over leading axes, jit-compatible (``eqx.filter_jit``).
         ``mask`` (``True`` = observed pixel) marks missing pixels, which start at $x = 0$."""
         sol = self.relax(images, mask, **relax_options)
-        return self.network.activations(sol.states)["pixels"]
+        out = self.network._vmap(self.network._activations, sol.states)["pixels"]
+        return checks.finite_result(
+            "convolutional.retrieve", out, "the dynamics overflowed; lower beta or kernel_norm (<= 1 keeps the "
+            "energy bounded below) or rescale the images",
+        )
 
 
 def _operator_norm(apply: Callable[[Array], Array], shape, dtype, iters: int = 100) -> Array:
@@ -240,7 +250,7 @@ def convolutional(
 
     **Returns:** a [`ConvolutionalMemory`][].
     """
-    p = jnp.asarray(patterns)
+    p = checks.real_array("convolutional", "patterns", patterns)
     if p.ndim == 3:
         p = p[..., None]
     if p.ndim != 4 or min(p.shape) < 1:
@@ -248,9 +258,8 @@ def convolutional(
             f"convolutional: patterns must have shape (num_patterns, height, width, channels) or "
             f"(num_patterns, height, width), got shape {tuple(jnp.shape(patterns))}."
         )
-    if not jnp.issubdtype(p.dtype, jnp.floating):
-        p = p.astype(jnp.zeros(()).dtype)
-    if pixel not in _PIXEL_LAGRANGIANS:
+    p = checks.finite("convolutional", "patterns", p)
+    if not isinstance(pixel, str) or pixel not in _PIXEL_LAGRANGIANS:
         raise ValueError(f"convolutional: pixel must be one of {_PIXEL_LAGRANGIANS}, got {pixel!r}.")
     if pixel == "sigmoid" and not isinstance(p, jax.core.Tracer):
         lo, hi = float(jnp.min(p)), float(jnp.max(p))
@@ -258,21 +267,23 @@ def convolutional(
             raise ValueError(
                 f"convolutional: with pixel='sigmoid' the patterns must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]."
             )
-    if not beta > 0 or not kernel_norm > 0 or not tau_memory > 0:
-        raise ValueError(
-            f"convolutional: beta, kernel_norm and tau_memory must be > 0, got {beta}, {kernel_norm}, {tau_memory}."
-        )
+    beta = checks.param("convolutional", "beta", beta)
+    kernel_norm = checks.param("convolutional", "kernel_norm", kernel_norm)
+    tau_memory = checks.param("convolutional", "tau_memory", tau_memory, allow_inf=True)
+    num_features = checks.integer("convolutional", "num_features", num_features)
     num, h, w, c = p.shape
     dtype = p.dtype
 
     if kernel is None:
         if key is None:
             raise ValueError("convolutional: pass a kernel of shape (kh, kw, C, F) or a PRNG key to draw one.")
+        checks.prng_key("convolutional", "key", key)
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        kh, kw = checks.integer("convolutional", "kernel_size", kh), checks.integer("convolutional", "kernel_size", kw)
         a = jax.random.normal(key, (kh, kw, c, num_features), dtype)
         scale_to = kernel_norm / math.sqrt(2.0)  # ‖[a, -a]‖ = √2 ‖a‖
     else:
-        a = jnp.asarray(kernel, dtype)
+        a = checks.finite("convolutional", "kernel", checks.real_array("convolutional", "kernel", kernel).astype(dtype))
         if a.ndim != 4 or a.shape[2] != c:
             raise ValueError(
                 f"convolutional: kernel must have shape (kh, kw, {c}, F) for images of shape {(h, w, c)}, "

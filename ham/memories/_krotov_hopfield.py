@@ -26,6 +26,8 @@ with fixed points $v = \xi^\top g_h(\xi g_v(v))$. The paper's three limits:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
@@ -38,6 +40,7 @@ from ..layer import Layer
 from ..network import HAM
 from ..solve import Solution, relax
 from ..synapses import Dense
+from .. import _checks as checks
 from ._common import as_patterns, as_queries, check_positive, per_state
 
 __all__ = ["LargeAssociativeMemory", "krotov_hopfield_2021"]
@@ -86,7 +89,7 @@ class LargeAssociativeMemory(eqx.Module):
 
     def make_network(self, hidden_tau: float | None = None, check_convexity: bool = False) -> HAM:
         hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
-        check_positive("krotov_hopfield_2021", "hidden_tau", hidden_tau)
+        hidden_tau = check_positive("krotov_hopfield_2021.make_network", "hidden_tau", hidden_tau)
         return HAM(
             layers={
                 "v": Layer(self.visible_lagrangian, shape=(self.dim,), tau=jnp.asarray(self.visible_tau, self.patterns.dtype),
@@ -121,11 +124,14 @@ class LargeAssociativeMemory(eqx.Module):
 
     def update(self, v: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
         r"""$v \mapsto \xi^\top g_h(\xi\,g_v(v))$; its fixed points are the network's."""
-        v = jnp.asarray(v)
+        v = checks.real_array("krotov_hopfield_2021.update", "v", v)
+        if v.ndim < 1 or v.shape[-1] != self.dim:
+            raise ValueError(f"krotov_hopfield_2021.update: v must have shape (..., {self.dim}), got {tuple(v.shape)}.")
+        v = checks.finite("krotov_hopfield_2021.update", "v", v, runtime=True)
         f = self._update_one
         for _ in range(v.ndim - 1):
             f = jax.vmap(f)
-        return f(v)
+        return checks.finite_result("krotov_hopfield_2021.update", f(v), _OVERFLOW)
 
     # ---------------------------------------------------------------- HAM dynamics
     def init_states(self, queries) -> dict[str, Array]:
@@ -141,7 +147,8 @@ class LargeAssociativeMemory(eqx.Module):
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """Visible activations $g_v$ at the fixed point reached from ``queries``."""
         sol = self.relax(queries, **relax_kwargs)
-        return self.network.activations(sol.states)["v"]
+        g = jax.vmap(self._gv)(sol.states["v"]) if sol.states["v"].ndim == 2 else self._gv(sol.states["v"])
+        return checks.finite_result("krotov_hopfield_2021.retrieve", g, _OVERFLOW)
 
     def energy(self, state) -> Float[Array, "*batch"]:
         """The network energy of a state dict ``{"v", "h"}``, or the effective energy of
@@ -149,6 +156,9 @@ class LargeAssociativeMemory(eqx.Module):
         if isinstance(state, dict):
             return self.network.energy(state)
         return self.effective_energy(state)
+
+
+_OVERFLOW = "the dynamics overflowed; lower beta / n or rescale the patterns or queries (or enable float64)"
 
 
 @eqx.filter_jit
@@ -184,8 +194,11 @@ def krotov_hopfield_2021(
     A Lagrangian given explicitly overrides the model's choice.
     """
     p = as_patterns("krotov_hopfield_2021", patterns)
-    check_positive("krotov_hopfield_2021", "beta", beta)
-    check_positive("krotov_hopfield_2021", "visible_beta", visible_beta)
+    beta = check_positive("krotov_hopfield_2021", "beta", beta)
+    visible_beta = check_positive("krotov_hopfield_2021", "visible_beta", visible_beta)
+    for name, fn in (("visible_lagrangian", visible_lagrangian), ("hidden_lagrangian", hidden_lagrangian)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"krotov_hopfield_2021: {name} must be callable, got {type(fn).__name__}.")
     if model is not None and model not in _MODELS:
         raise ValueError(f"krotov_hopfield_2021: unknown model {model!r}; valid models are {list(_MODELS)} or None.")
     vis = hid = None
@@ -195,7 +208,7 @@ def krotov_hopfield_2021(
                 f"krotov_hopfield_2021: unknown interaction {interaction!r}; valid are {list(_INTERACTIONS)}."
             )
         if interaction == "polynomial":
-            if not isinstance(n, int) or n < 2:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
                 raise ValueError(f"krotov_hopfield_2021: model A needs an integer n >= 2, got {n!r}.")
             if not rectified and n % 2:
                 raise ValueError(
@@ -208,7 +221,7 @@ def krotov_hopfield_2021(
     elif model == "B":
         vis, hid = lagrangians.identity, eqx.Partial(lagrangians.softmax, beta=beta)
     elif model == "C":
-        if not n >= 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not (1 <= n < math.inf):
             raise ValueError(f"krotov_hopfield_2021: model C needs n >= 1, got {n!r}.")
         vis, hid = lagrangians.spherical, eqx.Partial(lagrangians.rectified_polynomial, n=n)
     explicit = visible_lagrangian is not None or hidden_lagrangian is not None

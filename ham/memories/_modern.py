@@ -4,7 +4,6 @@ all you need") as a two-layer HAM."""
 from __future__ import annotations
 
 import functools
-import math
 
 import equinox as eqx
 import jax
@@ -16,6 +15,7 @@ from ..layer import Layer
 from ..network import HAM
 from ..solve import Solution, relax
 from ..synapses import Dense
+from .. import _checks as checks
 from ._common import as_patterns, as_queries, check_positive, fast_method, per_state
 
 __all__ = ["ModernHopfield", "modern"]
@@ -32,11 +32,17 @@ def _batched_update(patterns, beta, queries):
     return jax.nn.softmax((beta * queries) @ patterns.T, axis=-1) @ patterns
 
 
+_OVERFLOW = ("beta * (patterns @ query) overflows the dtype; lower beta or rescale the patterns or "
+             "queries (or enable float64)")
+
+
 @functools.partial(jax.jit, static_argnames=("steps",))
 def _retrieve(patterns, beta, queries, steps: int):
     if steps == 1:
-        return _batched_update(patterns, beta, queries)
-    return jax.lax.fori_loop(0, steps, lambda _, x: _batched_update(patterns, beta, x), queries)
+        out = _batched_update(patterns, beta, queries)
+    else:
+        out = jax.lax.fori_loop(0, steps, lambda _, x: _batched_update(patterns, beta, x), queries)
+    return checks.finite_result("modern.retrieve", out, _OVERFLOW)
 
 
 class ModernHopfield(eqx.Module):
@@ -55,11 +61,12 @@ class ModernHopfield(eqx.Module):
     """
 
     patterns: Float[Array, "num_patterns dim"]
-    beta: float | Array = 1.0
+    beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("modern", "beta"))
     hidden_tau: float = eqx.field(static=True, default=0.1)
 
     def __check_init__(self):
-        check_positive("modern", "beta", self.beta)
+        if self.patterns.ndim != 2:
+            raise ValueError(f"modern: patterns must have shape (num_patterns, dim), got {tuple(self.patterns.shape)}.")
         check_positive("modern", "hidden_tau", self.hidden_tau)
 
     @property
@@ -74,10 +81,10 @@ class ModernHopfield(eqx.Module):
     def retrieve(self, queries: Float[Array, "*batch dim"], steps: int = 1) -> Float[Array, "*batch dim"]:
         """``steps`` updates $\\xi \\leftarrow \\Xi^\\top\\mathrm{softmax}(\\beta\\Xi\\xi)$
         of ``queries`` (``(dim,)`` or ``(batch, dim)``), jit-compiled and vmapped."""
-        if int(steps) < 1:
-            raise ValueError(f"modern.retrieve: steps must be >= 1, got {steps}.")
+        if steps.__class__ is not int or steps < 1:
+            steps = checks.integer("modern.retrieve", "steps", steps)
         q, single = as_queries("modern", queries, self.patterns.shape[1], self.patterns.dtype)
-        out = _retrieve(self.patterns, self.beta, q, int(steps))
+        out = _retrieve(self.patterns, self.beta, q, steps)
         return out[0] if single else out
 
     def _energy_one(self, x) -> Scalar:
@@ -93,7 +100,8 @@ class ModernHopfield(eqx.Module):
     def make_network(self, hidden_tau: float | None = None, visible_tau: float = 1.0) -> HAM:
         """The two-layer HAM (visible identity, hidden softmax(β), ``Dense(Ξᵀ)``)."""
         hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
-        check_positive("modern", "hidden_tau", hidden_tau)
+        hidden_tau = check_positive("modern.make_network", "hidden_tau", hidden_tau)
+        visible_tau = check_positive("modern.make_network", "visible_tau", visible_tau, allow_inf=True)
         dt = self.patterns.dtype  # array leaves: new values of beta/tau do not recompile a jitted relax
         return HAM(
             layers={

@@ -3,11 +3,15 @@ r"""Sparse Distributed Memory (Kanerva 1988) in Universal Hopfield Network form
 
 from __future__ import annotations
 
+import numbers
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from .. import _checks as checks
 from ._common import as_patterns, as_queries, binarize, check_pm1
 from ._universal import UniversalHopfield, universal
 
@@ -49,13 +53,12 @@ class SparseDistributedMemory(eqx.Module):
     def retrieve(self, queries: Float[Array, "*batch dim"], steps: int = 1) -> Float[Array, "*batch out"]:
         """``steps`` reads $q \\leftarrow \\mathrm{sign}(C^\\top\\mathrm{act}(q))$ (more than one
         only for auto-association), from ``sign(queries)``."""
-        if int(steps) < 1:
-            raise ValueError(f"sdm.retrieve: steps must be >= 1, got {steps}.")
+        steps = checks.integer("sdm.retrieve", "steps", steps)
         if steps > 1 and self.counters.shape[1] != self.dim:
             raise ValueError("sdm.retrieve: iterated reads (steps > 1) need an auto-associative memory.")
         q, single = as_queries("sdm", queries, self.dim, self.addresses.dtype)
-        z = binarize(q)
-        for _ in range(int(steps)):
+        z = binarize(q)  # q is finite (as_queries refuses NaN, which sign() would turn into -1)
+        for _ in range(steps):
             z = binarize(self.reader.retrieve(z))
         return z[0] if single else z
 
@@ -96,7 +99,9 @@ def sdm(
         check_pm1("sdm", p, "patterns")
         if values is not None:
             check_pm1("sdm", w, "values")
-    if isinstance(radius, bool) or not float(radius).is_integer() or radius < 0:
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real):
+        raise TypeError(f"sdm: radius must be a non-negative integer (Hamming distance), got {radius!r}.")
+    if not float(radius).is_integer() or radius < 0:
         raise ValueError(f"sdm: radius must be a non-negative integer (Hamming distance), got {radius!r}.")
     radius = int(radius)
     n = a.shape[1]

@@ -8,16 +8,19 @@ scores, and a projection $P$ (= $M$ for auto-association).
 
 from __future__ import annotations
 
-import functools
+import math
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Scalar
 
 from ..network import HAM
-from ._common import as_patterns, as_queries, check_positive, per_state
+from .. import _checks as checks
+from ._common import as_patterns, as_queries, per_state
 
 __all__ = ["UniversalHopfield", "universal", "SIMILARITIES", "SEPARATIONS"]
 
@@ -94,9 +97,11 @@ class UniversalHopfield(eqx.Module):
     projection: Float[Array, "num_patterns out"]
     similarity: str | Callable = eqx.field(static=True, default="dot")
     separation: str | Callable = eqx.field(static=True, default="softmax")
-    beta: float | Array = 1.0
+    beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("universal", "beta"))
     n: float = eqx.field(static=True, default=2)
-    threshold: float | Array = 0.0
+    threshold: float | Array = eqx.field(
+        default=0.0, converter=checks.positive_converter("universal", "threshold", low=-np.inf)
+    )
     normalize: bool = eqx.field(static=True, default=False)
     auto: bool = eqx.field(static=True, default=True)
 
@@ -115,10 +120,15 @@ class UniversalHopfield(eqx.Module):
             )
         if not isinstance(self.separation, str) and not callable(self.separation):
             raise ValueError(f"universal: separation must be a name or a callable, got {self.separation!r}.")
-        if self.separation == "softmax":
-            check_positive("universal", "beta", self.beta)
-        if self.separation == "polynomial" and not self.n > 0:
-            raise ValueError(f"universal: polynomial separation needs n > 0, got {self.n!r}.")
+        if isinstance(self.n, (bool, np.bool_)) or not isinstance(self.n, numbers.Real):
+            raise TypeError(f"universal: n must be a number, got {self.n!r}.")
+        if self.separation == "polynomial" and not (self.n > 0 and math.isfinite(self.n)):
+            raise ValueError(f"universal: polynomial separation needs n > 0 and finite, got {self.n!r}.")
+        if self.patterns.ndim != 2 or self.projection.ndim != 2:
+            raise ValueError(
+                f"universal: patterns and projection must be 2-D, got shapes {tuple(self.patterns.shape)} "
+                f"and {tuple(self.projection.shape)}."
+            )
         if self.projection.shape[0] != self.patterns.shape[0]:
             raise ValueError(
                 f"universal: projection must have one row per stored pattern: patterns have shape "
@@ -133,10 +143,11 @@ class UniversalHopfield(eqx.Module):
     def scores(self, q: Float[Array, " dim"]) -> Float[Array, " num_patterns"]:
         """$\\mathrm{sep}(\\mathrm{sim}(M, q))$ for one query (normalised if asked)."""
         sim = SIMILARITIES[self.similarity] if isinstance(self.similarity, str) else self.similarity
-        s = sim(self.patterns, q)
+        k = self.patterns.shape[0]
+        s = _check_scores("similarity", sim(self.patterns, q), k)
         if self.normalize:
             s = s / jnp.sum(s)
-        s = self._separate(s)
+        s = _check_scores("separation", self._separate(s), k)
         if self.normalize:
             s = s / jnp.sum(s)
         return s
@@ -164,6 +175,14 @@ class UniversalHopfield(eqx.Module):
         q, single = as_queries("universal", queries, self.dim, self.patterns.dtype)
         out = _retrieve_batch(self, q)
         return out[0] if single else out
+
+    def _overflow_hint(self) -> str:
+        return (
+            f"similarity {self.similarity!r} -> separation {self.separation!r}"
+            + (" -> normalisation (a zero sum of scores divides by 0)" if self.normalize else "")
+            + " produced NaN/inf; for softmax lower beta, for polynomial use an integer n with "
+            "signed scores, or rescale the patterns/queries"
+        )
 
     # ------------------------------------------------------------------ energy
     @property
@@ -207,9 +226,18 @@ class UniversalHopfield(eqx.Module):
         return None
 
 
+def _check_scores(what: str, s, k: int):
+    if not hasattr(s, "shape") or tuple(s.shape) != (k,):
+        raise ValueError(
+            f"universal: the {what} must return one score per stored pattern, shape ({k},); "
+            f"got {getattr(s, 'shape', type(s).__name__)}."
+        )
+    return s
+
+
 @eqx.filter_jit
 def _retrieve_batch(model: UniversalHopfield, q):
-    return jax.vmap(model._retrieve_one)(q)
+    return checks.finite_result("universal.retrieve", jax.vmap(model._retrieve_one)(q), model._overflow_hint())
 
 
 def universal(
@@ -227,6 +255,9 @@ def universal(
     (rows); ``projection`` (one row per memory) makes it hetero-associative. See
     [`UniversalHopfield`][] for the similarity and separation names."""
     p = as_patterns("universal", patterns)
+    for what, fn in (("similarity", similarity), ("separation", separation)):
+        if not isinstance(fn, str) and not callable(fn):
+            raise TypeError(f"universal: {what} must be a name or a callable, got {type(fn).__name__}.")
     auto = projection is None
     proj = p if auto else as_patterns("universal", projection, "projection")
     if isinstance(similarity, str) and similarity not in SIMILARITIES:
