@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Scalar
 
+from . import _checks as checks
 from . import lagrangians
 from .layer import Layer
 from .network import HAM
@@ -40,16 +41,22 @@ class LayerNormLagrangian(eqx.Module):
     activation is $g = \gamma (x - \bar x)/\sqrt{\mathrm{var}(x) + \epsilon} + \delta$
     per token (last axis). Convex, hence a valid Lagrangian, for $\gamma \ge 0$."""
 
-    gamma: float | Float[Array, ""]
-    delta: float | Float[Array, "dim"]
+    gamma: float | Float[Array, ""] = eqx.field(
+        converter=checks.positive_converter("LayerNormLagrangian", "gamma", inclusive=True, shapes=None)
+    )
+    delta: float | Float[Array, "dim"] = eqx.field(
+        converter=checks.positive_converter("LayerNormLagrangian", "delta", low=-math.inf, shapes=None)
+    )
     eps: float = eqx.field(static=True, default=1e-5)
 
     def __check_init__(self):
-        gamma = self.gamma
-        if not isinstance(gamma, jax.core.Tracer) and bool(jnp.any(jnp.asarray(gamma) < 0)):
-            raise ValueError(f"LayerNormLagrangian: gamma must be >= 0 (convexity), got {gamma}.")
-        if not self.eps > 0:
-            raise ValueError(f"LayerNormLagrangian: eps must be > 0, got {self.eps}.")
+        checks.param("LayerNormLagrangian", "eps", self.eps)
+        for name in ("gamma", "delta"):
+            if jnp.ndim(getattr(self, name)) > 1:
+                raise ValueError(
+                    f"LayerNormLagrangian: {name} must be a scalar or one value per feature, got shape "
+                    f"{tuple(jnp.shape(getattr(self, name)))}."
+                )
 
     def __call__(self, x: Float[Array, "... dim"]) -> Scalar:
         return lagrangians.layernorm(x, self.gamma, self.delta, self.eps)
@@ -100,11 +107,31 @@ class EnergyTransformer(eqx.Module):
         legendre: bool = False,
         key: PRNGKeyArray,
     ):
-        if tokens < 1 or dim < 1 or heads < 1:
-            raise ValueError(f"EnergyTransformer: tokens, dim and heads must be >= 1, got {tokens}, {dim}, {heads}.")
-        head_dim = head_dim or max(1, dim // heads)
-        memories = memories or 4 * dim
-        std = init_std if init_std is not None else 1.0 / math.sqrt(dim)
+        owner = "EnergyTransformer"
+        tokens = checks.integer(owner, "tokens", tokens)
+        dim = checks.integer(owner, "dim", dim)
+        heads = checks.integer(owner, "heads", heads)
+        head_dim = max(1, dim // heads) if head_dim is None else checks.integer(owner, "head_dim", head_dim)
+        memories = 4 * dim if memories is None else checks.integer(owner, "memories", memories)
+        if tokens < 2 and mask is None:
+            raise ValueError(
+                f"{owner}: tokens must be >= 2 (each token attends to the others), got {tokens}; "
+                "or pass an attention mask."
+            )
+        if not isinstance(kind, str) or kind not in ("relu", "softmax"):
+            raise ValueError(f"{owner}: kind must be 'relu' or 'softmax', got {kind!r}.")
+        if beta is not None:
+            beta = checks.param(owner, "beta", beta, shapes=((), (heads,)),
+                                shape_text=f"a scalar or have shape (heads,) = ({heads},)")
+        hopfield_beta = checks.param(owner, "hopfield_beta", hopfield_beta)
+        eps = checks.param(owner, "eps", eps)
+        std = 1.0 / math.sqrt(dim) if init_std is None else checks.param(owner, "init_std", init_std)
+        tau = checks.param(owner, "tau", tau, allow_inf=True)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.shape != (tokens, tokens):
+                raise ValueError(f"{owner}: mask must have shape (tokens, tokens) = ({tokens}, {tokens}), got {mask.shape}.")
+        key = checks.prng_key(owner, "key", key)
         kk, kq, kx = jax.random.split(key, 3)
         attention = Attention(
             std * jax.random.normal(kk, (heads, head_dim, dim)),
@@ -131,27 +158,39 @@ class EnergyTransformer(eqx.Module):
     def shape(self) -> tuple[int, int]:
         return self.network.layers[TOKENS].shape
 
+    def _tokens(self, method: str, name: str, x) -> Array:
+        """``x`` as a finite ``(*batch, tokens, dim)`` floating array, or a clear error."""
+        owner = f"EnergyTransformer.{method}"
+        x = checks.real_array(owner, name, x)
+        if x.ndim < 2 or tuple(x.shape[-2:]) != self.shape:
+            raise ValueError(
+                f"{owner}: {name} must have shape (*batch, tokens, dim) = (..., {self.shape[0]}, {self.shape[1]}), "
+                f"got {tuple(x.shape)}."
+            )
+        return checks.finite(owner, name, x, runtime=True)
+
     def activations(self, x: Float[Array, "*batch tokens dim"]) -> Float[Array, "*batch tokens dim"]:
         """The layer-normed tokens $g = \\partial L/\\partial x$."""
-        return self.network.activations({TOKENS: x})[TOKENS]
+        return self.network.activations({TOKENS: self._tokens("activations", "x", x)})[TOKENS]
 
     def energy(self, x: Float[Array, "*batch tokens dim"]) -> Float[Array, "*batch"]:
         """Total energy, one value per batch element."""
-        return self.network.energy({TOKENS: x})
+        return self.network.energy({TOKENS: self._tokens("energy", "x", x)})
 
     def descend(self, x0: Float[Array, "*batch tokens dim"], *, step_size: float = 0.1, steps: int = 12) -> Solution:
         r"""The paper's inference: $T$ = ``steps`` steps of $x \leftarrow x - \alpha\,
         \partial E/\partial g$ ([`ham.descend`][]); differentiable by unrolling."""
-        return descend(self.network, {TOKENS: x0}, step_size=step_size, steps=steps)
+        return descend(self.network, {TOKENS: self._tokens("descend", "x0", x0)}, step_size=step_size, steps=steps)
 
     def relax(self, x0: Float[Array, "*batch tokens dim"], **kwargs) -> Solution:
         """The continuous dynamics to a fixed point ([`ham.relax`][]; keywords passed on)."""
-        return relax(self.network, {TOKENS: x0}, **kwargs)
+        return relax(self.network, {TOKENS: self._tokens("relax", "x0", x0)}, **kwargs)
 
 
 def patchify(images: Float[ArrayLike, "n height width *channels"], patch: int) -> Float[Array, "n tokens patch_dim"]:
     """Split images ``(n, H, W)`` or ``(n, H, W, C)`` into non-overlapping ``patch × patch``
     patches, row-major: ``(n, (H/patch)·(W/patch), patch·patch·C)``."""
+    patch = checks.integer("patchify", "patch", patch)
     images = jnp.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -169,6 +208,7 @@ def patchify(images: Float[ArrayLike, "n height width *channels"], patch: int) -
 
 def unpatchify(patches: Float[ArrayLike, "n tokens patch_dim"], image_shape: tuple[int, ...], patch: int) -> Array:
     """Inverse of [`patchify`][]: patches back to images of ``image_shape`` ``(H, W)`` or ``(H, W, C)``."""
+    patch = checks.integer("unpatchify", "patch", patch)
     patches = jnp.asarray(patches)
     h, w = image_shape[:2]
     c = image_shape[2] if len(image_shape) == 3 else 1
