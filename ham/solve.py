@@ -104,7 +104,7 @@ def default_tolerances(dtype, solver=None) -> dict[str, float]:
     f64 = jnp.dtype(dtype) == jnp.float64
     event = dict(event_rtol=1e-6, event_atol=1e-8) if f64 else dict(event_rtol=1e-4, event_atol=1e-4)
     if solver is None or isinstance(solver, ExponentialEuler):
-        return dict(rtol=1e-2, atol=1e-2, **event)
+        return dict(rtol=1.0, atol=1.0, **event)
     return dict(rtol=1e-8, atol=1e-10, **event) if f64 else dict(rtol=1e-5, atol=1e-6, **event)
 
 

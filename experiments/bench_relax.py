@@ -1,0 +1,322 @@
+"""Relaxation engine benchmark: ``ham.relax`` (default: [`ham.ExponentialEuler`][]) against
+the previous default (diffrax ``Tsit5`` + PID) and a fixed-step explicit Euler loop at
+dt = min τ and min τ / 2 (the batch as one state), on a suite of networks, in float32
+and float64, all methods interleaved in one run.
+
+Run: ``python -m experiments.bench_relax`` (``--quick``: fewer queries and repeats,
+``--smoke``: tiny, for tests). Prints one JSON line per case and writes
+``experiments/results/bench_relax.json`` = ``{"results": [rows]}``.
+
+How work is counted (``Solution.num_evaluations``): one evaluation = the forces on
+every layer (the vector field) once. Euler: one per step, plus the initial one.
+``ExponentialEuler``: per attempted step (rejected ones included) the full field with the
+energy at the end of the step (one ``value_and_grad``) plus, for a Gauss–Seidel sweep over
+L moving layers, L − 1 single-layer forces counted 1/L each; plus the initial field and
+the final residual check. ``Tsit5``: 6 stages per attempted step (FSAL), 1 for the
+steady-state event and 1 for the energy per accepted step, the initial field and the
+final check. For a batch the counts are those of the slowest query (every query of a
+vmapped solve runs until the last one stops, as Euler's batch does).
+
+Stop rule (all methods): every layer of every query has
+|dx_A/dt| ≤ event_atol + event_rtol |x_A| (defaults: 1e-4/1e-4 in float32, 1e-8/1e-6
+in float64). Reference: Tsit5, rtol 1e-8, atol 1e-10, float64, with a 100× tighter
+steady state. ``same_fixed_point``: the fraction of queries whose final state is within
+``FP_FACTOR`` × the steady-state tolerance of the reference in every layer
+(|x_A − x*_A| ≤ FP_FACTOR (event_atol + event_rtol |x*_A|)); ``same_retrieval``: the
+fraction whose retrieved memory (nearest stored pattern, or argmax of the memory layer)
+equals the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ham
+from experiments._io import read_json, results_dir, save_figure, write_json
+
+FP_FACTOR = 10.0
+CASE_NAMES = ("modern_1000x64", "modern_10000x128", "classical_tanh_400", "dense_n3", "kh2021_model_A",
+              "conv_image", "et_legendre")
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    net: ham.HAM
+    xs0: dict
+    retrieved: Callable  # states -> (batch,) int
+
+
+def _nearest(patterns, layer="v", act=None):
+    def f(net, states):
+        g = net.activations(states)[layer] if act is None else act(states[layer])
+        g = g.reshape(g.shape[0], -1)
+        p = patterns.reshape(patterns.shape[0], -1).astype(g.dtype)
+        d = jnp.sum(g * g, -1, keepdims=True) - 2 * g @ p.T + jnp.sum(p * p, -1)
+        return jnp.argmin(d, axis=-1)
+    return f
+
+
+def build(name: str, dtype, batch: int, key) -> Case:
+    k1, k2, k3 = jax.random.split(key, 3)
+    if name.startswith("modern"):
+        num, dim = (1000, 64) if name == "modern_1000x64" else (10000, 128)
+        x = (jax.random.normal(k1, (num, dim)) / np.sqrt(dim)).astype(dtype)
+        q = x[jnp.arange(batch) % num] + (0.5 / np.sqrt(dim)) * jax.random.normal(k2, (batch, dim), dtype)
+        mem = ham.memories.modern(x, beta=8.0)
+        return Case(name, mem.network, mem.init_states(q), _nearest(x))
+    if name == "classical_tanh_400":
+        n, k = 400, 40
+        p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
+        flips = jnp.where(jax.random.bernoulli(k2, 0.1, (batch, n)), -1.0, 1.0).astype(dtype)
+        q = p[jnp.arange(batch) % k] * flips
+        mem = ham.memories.classical(p)
+        net = mem.make_network(beta=4.0)
+        return Case(name, net, {"v": 0.5 * q}, _nearest(p, act=jnp.sign))
+    if name in ("dense_n3", "kh2021_model_A"):
+        if name == "dense_n3":  # ±1 patterns, rectified cubic interaction (Krotov & Hopfield 2016)
+            n, k = 100, 200
+            p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
+            mem = ham.memories.krotov_hopfield_2021(p / np.sqrt(n), model="A", n=3)
+            q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.15, (batch, n)), -1.0, 1.0)
+        else:  # digits scaled to [-1, 1], model A with an exponential interaction
+            from experiments.data import load_dataset
+
+            d = load_dataset("digits")
+            p = jnp.asarray(d.flat()[:300] * 2.0 - 1.0, dtype) / 8.0
+            mem = ham.memories.krotov_hopfield_2021(p, model="A", interaction="exponential", beta=4.0)
+            q = p[jnp.arange(batch) % 300] * 8.0 + 0.3 * jax.random.normal(k2, (batch, p.shape[1]), dtype)
+            q = jnp.clip(q, -0.99, 0.99)
+        xs0 = mem.init_states(q.astype(dtype))
+        return Case(name, mem.network, xs0, _nearest(p))
+    if name == "conv_image":
+        from experiments.data import load_dataset
+
+        d = load_dataset("digits")
+        imgs = jnp.asarray(d.flat()[:64].reshape(-1, 8, 8, 1), dtype)
+        mem = ham.memories.convolutional(imgs, key=k1, num_features=4, beta=4.0)
+        q = imgs[jnp.arange(batch) % 64] + 0.2 * jax.random.normal(k2, (batch, 8, 8, 1), dtype)
+        return Case(name, mem.network, mem.initial_state(q), _nearest(imgs, layer="pixels"))
+    if name == "et_legendre":
+        et = ham.energy_transformer.EnergyTransformer(16, 32, heads=4, legendre=True, key=k1)
+        net = jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, et.network)
+        x0 = jax.random.normal(k2, (batch, 16, 32), dtype)
+        xi = net.synapses["hopfield"]
+
+        def tokens_memory(net, states):  # the Hopfield memory each token ends closest to (argmax)
+            g = net.activations(states)["tokens"]
+            w = jnp.asarray(jax.tree_util.tree_leaves(xi)[0], g.dtype)
+            return jnp.argmax(g @ w.T, axis=-1).reshape(g.shape[0], -1)
+
+        return Case(name, net, {"tokens": x0}, tokens_memory)
+    raise ValueError(f"bench_relax: unknown case {name!r}; known: {CASE_NAMES}")
+
+
+# ----------------------------------------------------------------------------- methods
+def _min_tau(net):
+    return min(float(jnp.min(jnp.asarray(layer.tau))) for layer in net.layers.values())
+
+
+def _per_layer_ok(net, xs, dx, rtol, atol):
+    ok = None
+    for k, layer in net.layers.items():
+        axes = tuple(range(1, xs[k].ndim))
+        s = jnp.sqrt(jnp.sum(dx[k] ** 2, axis=axes))
+        n = jnp.sqrt(jnp.sum(xs[k] ** 2, axis=axes))
+        o = s <= atol + rtol * n
+        ok = o if ok is None else ok & o
+    return ok
+
+
+@eqx.filter_jit
+def euler(net, xs0, dt, rtol, atol, max_steps: int = 100_000):
+    """Fixed-step explicit Euler, the batch as one state, until every query meets the stop rule."""
+
+    def field(xs):
+        dx = net.vector_field(0.0, xs)
+        return dx, _per_layer_ok(net, xs, dx, rtol, atol)
+
+    def cond(c):
+        return (~jnp.all(c[2])) & (c[3] < max_steps)
+
+    def body(c):
+        xs, dx, _, n = c
+        xs = {k: xs[k] + dt * dx[k] for k in xs}
+        dx, ok = field(xs)
+        return xs, dx, ok, n + 1
+
+    dx, ok = field(xs0)
+    xs, _, ok, n = jax.lax.while_loop(cond, body, (xs0, dx, ok, jnp.asarray(0)))
+    return xs, n, ok
+
+
+def methods(case: Case, tol):
+    dt = _min_tau(case.net)
+    r, a = tol["event_rtol"], tol["event_atol"]
+
+    def relax_default():
+        sol = ham.relax(case.net, case.xs0)
+        return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
+
+    def relax_tsit5():
+        sol = ham.relax(case.net, case.xs0, solver=diffrax.Tsit5())
+        return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
+
+    def eul(factor):
+        def run():
+            xs, n, ok = euler(case.net, case.xs0, dt * factor, r, a)
+            return xs, n + 1, n, jnp.all(ok), None
+        return run
+
+    return {"relax": relax_default, "tsit5": relax_tsit5, "euler": eul(1.0), "euler_half": eul(0.5)}
+
+
+def reference(case: Case):
+    """Tsit5 at rtol 1e-8 in float64 with a 100x tighter steady state: the accurate fixed point."""
+    net64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, case.net)
+    xs64 = {k: v.astype(jnp.float64) for k, v in case.xs0.items()}
+    sol = ham.relax(net64, xs64, solver=diffrax.Tsit5(), rtol=1e-8, atol=1e-10, event_rtol=1e-8, event_atol=1e-10,
+                    max_steps=20000)
+    return net64, sol
+
+
+def compare(case: Case, states, ref_net, ref_states, tol):
+    fp = None
+    for k in case.net.layers:
+        x = jnp.asarray(states[k], jnp.float64).reshape(states[k].shape[0], -1)
+        xr = ref_states[k].reshape(x.shape)
+        d = jnp.linalg.norm(x - xr, axis=-1) / (tol["event_atol"] + tol["event_rtol"] * jnp.linalg.norm(xr, axis=-1))
+        fp = d if fp is None else jnp.maximum(fp, d)
+    s64 = {k: jnp.asarray(v, jnp.float64) for k, v in states.items()}
+    same = case.retrieved(ref_net, s64) == case.retrieved(ref_net, ref_states)
+    same = jnp.all(same.reshape(same.shape[0], -1), axis=-1)
+    return float(jnp.mean(fp <= FP_FACTOR)), float(jnp.max(fp)), float(jnp.mean(same))
+
+
+def run_case(name, dtype, batch, repeats, seed=0):
+    case = build(name, dtype, batch, jax.random.PRNGKey(seed))
+    tol = ham.default_tolerances(dtype)
+    ms = methods(case, tol)
+    out = {"case": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "min_tau": _min_tau(case.net)}
+    first, times, res = {}, {m: [] for m in ms}, {}
+    for m, fn in ms.items():  # first call = compile + one run
+        t0 = time.perf_counter()
+        res[m] = jax.block_until_ready(fn())
+        first[m] = time.perf_counter() - t0
+    for _ in range(repeats):  # interleaved so all methods see the same machine load
+        for m, fn in ms.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn()[0])
+            times[m].append(time.perf_counter() - t0)
+    ref_net, ref = reference(case)
+    ref_ok = bool(jnp.all(ref.converged))
+    for m in ms:
+        states, evals, steps, conv, sol = res[m]
+        sec = statistics.median(times[m])
+        same_fp, fp_max, same_ret = compare(case, states, ref_net, ref.states, tol)
+        key = "" if m == "relax" else f"{m}_"
+        out[f"{key}evals"] = float(evals)
+        out[f"{key}steps"] = int(steps)
+        out[f"{key}seconds"] = sec
+        out[f"{key}compile_s"] = max(first[m] - sec, 0.0)
+        out[f"{key}converged"] = bool(conv)
+        out[f"{key}same_fixed_point"] = same_fp
+        out[f"{key}fp_distance_max"] = fp_max
+        out[f"{key}same_retrieval"] = same_ret
+        if m == "relax":
+            try:
+                ham.lyapunov.check(sol)
+                out["energy_never_rose"] = True
+            except ham.lyapunov.LyapunovError as e:
+                out["energy_never_rose"] = False
+                out["lyapunov_error"] = str(e)
+            out["mean_steps"] = float(jnp.mean(sol.num_steps))
+    out["reference_converged"] = ref_ok
+    out["evals_ratio_vs_euler"] = out["euler_evals"] / out["evals"]
+    out["speedup_vs_euler"] = out["euler_seconds"] / out["seconds"]
+    out["speedup_vs_tsit5"] = out["tsit5_seconds"] / out["seconds"]
+    return out
+
+
+def figure(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['case']}\n{r['dtype']}" for r in rows]
+    xs = np.arange(len(rows))
+    for ax, field, title in ((axes[0], "evals_ratio_vs_euler", "Euler evaluations / ham.relax evaluations"),
+                             (axes[1], "speedup_vs_euler", "Euler seconds / ham.relax seconds")):
+        ax.bar(xs, [r[field] for r in rows], color="tab:blue")
+        ax.axhline(5.0 if "evals" in field else 3.0, color="tab:red", ls="--", lw=1, label="target")
+        ax.set_xticks(xs, labels, rotation=70, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"ham.relax (ExponentialEuler) vs fixed-step Euler at dt = min τ — {platform.processor() or 'CPU'}",
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="64 queries, 5 repeats")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for the tests (two cases, 4 queries)")
+    ap.add_argument("--cases", nargs="*", default=None, help=f"subset of {CASE_NAMES}")
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
+    args = ap.parse_args(argv)
+    old_x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)  # float64 cases and the reference
+    try:
+        return _run(args, ap)
+    finally:
+        jax.config.update("jax_enable_x64", old_x64)
+
+
+def _run(args, ap):
+    cases = args.cases or (["modern_1000x64", "classical_tanh_400"] if args.smoke else list(CASE_NAMES))
+    unknown = sorted(set(cases) - set(CASE_NAMES))
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; known: {list(CASE_NAMES)}")
+    batch = args.batch or (4 if args.smoke else 64 if args.quick else 256)
+    repeats = args.repeats or (1 if args.smoke else 5)
+    out_dir = results_dir(args.out)
+    path = out_dir / ("bench_relax_smoke.json" if args.smoke else "bench_relax.json")
+    done = {(r["case"], r["dtype"], r["batch"]): r for r in (read_json(path, {}) or {}).get("results", [])}
+    rows = []
+    from tqdm import tqdm
+
+    grid = [(c, d) for c in cases for d in args.dtypes]
+    for c, d in tqdm(grid, desc="bench_relax", disable=args.smoke):
+        if (c, d, batch) in done and not args.smoke:  # resume
+            row = done[(c, d, batch)]
+        else:
+            row = run_case(c, jnp.dtype(d), batch, repeats)
+            done[(c, d, batch)] = row
+            write_json(path, {"results": list(done.values()), "platform": platform.platform(),
+                              "device": str(jax.devices()[0]), "jax": jax.__version__})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    figure(rows, path.with_suffix(".png"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

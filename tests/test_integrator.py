@@ -1,0 +1,189 @@
+"""The relaxation engine: ham.ExponentialEuler (exact leak, Gauss–Seidel sweep, energy-checked
+steps) as ham.relax's default — exactness, Lyapunov, per-query stopping, per-layer steady
+state, no retracing, gradients."""
+
+import functools as ft
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ham
+from ham import lagrangians as L
+
+
+def _modern(num=40, dim=8, beta=4.0, batch=6, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    x = jax.random.normal(k1, (num, dim)) / np.sqrt(dim)
+    q = x[:batch] + 0.3 / np.sqrt(dim) * jax.random.normal(k2, (batch, dim))
+    mem = ham.memories.modern(x, beta=beta)
+    return mem, x, q
+
+
+def test_leak_is_integrated_exactly(x64):
+    # No synapse: tau dx/dt = -x, so one step of any size h gives x0 exp(-h/tau) exactly.
+    net = ham.HAM(layers={"v": ham.Layer(L.identity, (3,), tau=0.7)}, synapses={}, connections={})
+    y0 = ham.integrator.monitored(net, {"v": jnp.array([1.0, -2.0, 0.5])})
+    solver = ham.ExponentialEuler()
+    term = diffrax.ODETerm(lambda t, y, a: None)
+    state = solver.init(term, 0.0, 5.0, y0, net)
+    y1, err, *_ = solver.step(term, 0.0, 5.0, y0, net, state, False)
+    np.testing.assert_allclose(y1.x["v"], y0.x["v"] * np.exp(-5.0 / 0.7), rtol=1e-12)
+    np.testing.assert_allclose(err.x["v"], 0.0, atol=1e-15)  # the ETD2 estimate is exact for a linear field
+
+
+def test_large_step_is_the_modern_update(x64):
+    # With h >> tau the Gauss–Seidel sweep (slow visible first, then the fast hidden layer)
+    # is the discrete update: v <- Xi^T softmax(beta h), h <- Xi v (Ramsauer et al. 2020).
+    mem, x, q = _modern(batch=1)
+    net = mem.network
+    xs = {k: v[0] for k, v in mem.init_states(q).items()}  # h = Xi v
+    solver = ham.ExponentialEuler(layer_order=ham.integrator.sweep_order(net))
+    assert solver.layer_order == ("v", "h")
+    y0 = ham.integrator.monitored(net, xs)
+    term = diffrax.ODETerm(lambda t, y, a: None)
+    y1, *_ = solver.step(term, 0.0, 200.0, y0, net, solver.init(term, 0.0, 200.0, y0, net), False)
+    v1 = x.T @ jax.nn.softmax(mem.beta * (x @ xs["v"]))
+    np.testing.assert_allclose(y1.x["v"], v1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y1.x["h"], x @ v1, rtol=1e-10, atol=1e-12)
+
+
+def test_default_relax_reaches_the_modern_fixed_point_without_energy_rise(x64):
+    mem, x, q = _modern()
+    sol = mem.relax(q)
+    assert bool(jnp.all(sol.converged)), sol.reason
+    ham.lyapunov.check(sol)
+    v = sol.states["v"]
+    fixed = jax.vmap(lambda v: x.T @ jax.nn.softmax(mem.beta * (x @ v)))(v)
+    np.testing.assert_allclose(v, fixed, atol=1e-6)
+    ref = ham.relax(mem.network, mem.init_states(q), solver=diffrax.Tsit5())
+    np.testing.assert_allclose(v, ref.states["v"], atol=1e-5)
+    # fewer steps than explicit Runge–Kutta on the stiff two-time-scale net
+    assert int(jnp.max(sol.num_evaluations)) < int(jnp.max(ref.num_evaluations)) / 5
+
+
+def test_each_query_stops_on_its_own_residual():
+    mem, x, q = _modern(batch=4)
+    xs0 = mem.init_states(q)
+    first = ham.relax(mem.network, xs0)
+    # put query 0 at its fixed point: it must stop at once while the others run on
+    xs1 = {k: v.at[0].set(first.states[k][0]) for k, v in xs0.items()}
+    sol = ham.relax(mem.network, xs1)
+    assert bool(jnp.all(sol.converged))
+    steps = np.asarray(sol.num_steps)
+    assert steps[0] <= 1 < steps[1:].min(), steps
+    tol = ham.default_tolerances(jnp.float32)
+    dx = mem.network.vector_field(0.0, sol.states)
+    for k in dx:  # no query is reported converged before its own residual is small, per layer
+        speed = jnp.linalg.norm(dx[k], axis=-1)
+        scale = tol["event_atol"] + tol["event_rtol"] * jnp.linalg.norm(sol.states[k], axis=-1)
+        assert bool(jnp.all(speed <= 1.01 * scale)), (k, speed, scale)
+
+
+def test_steady_state_is_judged_per_layer(x64):
+    # One huge layer must not hide the residual of a small one: a decoupled pair whose big
+    # layer sits at its fixed point and whose small layer does not.
+    net = ham.HAM(
+        layers={"big": ham.Layer(L.identity, (4,), check_convexity=False),
+                "small": ham.Layer(L.identity, (2,), check_convexity=False)},
+        synapses={"b": ham.synapses.Bias(jnp.full((4,), 1e6))},
+        connections={"b": ("big",)},
+    )
+    xs = {"big": jnp.full((4,), 1e6), "small": jnp.array([1e-2, 0.0])}
+    sol = ham.relax(net, xs, max_steps=3, event_rtol=1e-4, event_atol=1e-4)
+    # the whole-state relative test would pass at once (|dx| = 1e-2 << 1e-4 * 2e6)
+    assert int(sol.num_steps) > 0
+    sol = ham.relax(net, xs)
+    assert bool(sol.converged) and abs(float(sol.states["small"][0])) < 2e-4
+
+
+def test_layers_without_leak_take_energy_checked_euler_steps():
+    # legendre=False (the ET paper's energy): no leak, so the step is explicit Euler,
+    # accepted only downhill. Layer norm is scale invariant, so x may drift outwards
+    # with no fixed point in x: only the descent is asserted.
+    et = ham.energy_transformer.EnergyTransformer(6, 8, heads=2, key=jax.random.PRNGKey(0))
+    assert not et.legendre
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 8))
+    sol = et.relax(x0, max_steps=300)
+    ham.lyapunov.check(sol)
+    e = np.asarray(sol.energies)
+    assert np.all(e[:, -1] < e[:, 0] - 1.0)
+    assert bool(jnp.all(jnp.isfinite(sol.states["tokens"])))
+
+
+def test_energy_transformer_with_leak_relaxes_downhill_to_a_fixed_point():
+    et = ham.energy_transformer.EnergyTransformer(6, 8, heads=2, legendre=True, key=jax.random.PRNGKey(2))
+    sol = et.relax(jax.random.normal(jax.random.PRNGKey(3), (2, 6, 8)), max_steps=2000)
+    ham.lyapunov.check(sol)
+    assert bool(jnp.all(sol.converged)), sol.reason
+
+
+def test_no_retrace_when_only_values_change():
+    mem, x, q = _modern()
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def run(net, xs):
+        return ham.relax(net, xs).states["v"]
+
+    for beta, tau, scale, shift in [(4.0, 0.1, 1.0, 0.0), (6.0, 0.2, 0.9, 0.1), (2.0, 0.05, 1.1, -0.1)]:
+        m = ham.memories.modern(x * scale, beta=beta)
+        net = m.make_network(hidden_tau=tau)
+        run(net, m.init_states(q + shift))
+
+
+def test_recompiles_are_counted_not_hidden():
+    # the counter above would catch a retrace: a different shape must trace again
+    mem, x, q = _modern()
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def run(net, xs):
+        return ham.relax(net, xs).states["v"]
+
+    run(mem.network, mem.init_states(q))
+    with pytest.raises(RuntimeError):
+        run(mem.network, mem.init_states(q[:2]))
+
+
+@ft.partial(jax.jit, static_argnums=2)
+def _modern_loss(x, q, adjoint):
+    mem = ham.memories.modern(x, beta=4.0)
+    sol = ham.relax(mem.network, mem.init_states(q), adjoint=adjoint, event_rtol=1e-10, event_atol=1e-10,
+                    max_steps=2000)
+    sol = eqx.error_if(sol, ~jnp.all(sol.converged), "gradient test: relax did not converge")
+    return jnp.sum(jnp.tanh(sol.states["v"]))
+
+
+def test_implicit_gradient_on_modern_net_with_new_default(x64):
+    mem, x, q = _modern(batch=3)
+    g_imp = jax.grad(_modern_loss)(x, q, diffrax.ImplicitAdjoint())
+    g_unr = jax.grad(_modern_loss)(x, q, diffrax.RecursiveCheckpointAdjoint())
+    np.testing.assert_allclose(g_imp, g_unr, rtol=1e-5, atol=1e-8)
+    d = jax.random.normal(jax.random.PRNGKey(5), x.shape)
+    eps = 1e-6
+    imp = diffrax.ImplicitAdjoint()
+    fd = (_modern_loss(x + eps * d, q, imp) - _modern_loss(x - eps * d, q, imp)) / (2 * eps)
+    np.testing.assert_allclose(jnp.vdot(g_imp, d), fd, rtol=1e-5)
+
+
+def test_tsit5_stays_selectable_and_agrees(x64):
+    mem, x, q = _modern()
+    a = ham.relax(mem.network, mem.init_states(q))
+    b = ham.relax(mem.network, mem.init_states(q), solver=diffrax.Tsit5())
+    assert bool(jnp.all(a.converged)) and bool(jnp.all(b.converged))
+    np.testing.assert_allclose(a.states["v"], b.states["v"], atol=1e-5)
+
+
+def test_bench_relax_smoke(tmp_path):
+    from experiments import bench_relax
+
+    rows = bench_relax.main(["--smoke", "--cases", "modern_1000x64", "--dtypes", "float32", "--out", str(tmp_path)])
+    (row,) = rows
+    for field in ("case", "evals", "euler_evals", "seconds", "euler_seconds", "same_fixed_point", "compile_s"):
+        assert field in row
+    assert row["converged"] and row["energy_never_rose"] and row["same_retrieval"] == 1.0
+    assert (tmp_path / "bench_relax_smoke.json").exists() and (tmp_path / "bench_relax_smoke.png").exists()
