@@ -91,14 +91,14 @@ def build(name: str, dtype, batch: int, key) -> Case:
             p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
             mem = ham.memories.krotov_hopfield_2021(p / np.sqrt(n), model="A", n=3)
             q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.15, (batch, n)), -1.0, 1.0)
-        else:  # digits scaled to [-1, 1], model A with an exponential interaction
+        else:  # digits scaled to [-1, 1], model A (tanh visible, rectified polynomial n = 2 hidden)
             from experiments.data import load_dataset
 
             d = load_dataset("digits")
-            p = jnp.asarray(d.flat()[:300] * 2.0 - 1.0, dtype) / 8.0
-            mem = ham.memories.krotov_hopfield_2021(p, model="A", interaction="exponential", beta=4.0)
-            q = p[jnp.arange(batch) % 300] * 8.0 + 0.3 * jax.random.normal(k2, (batch, p.shape[1]), dtype)
-            q = jnp.clip(q, -0.99, 0.99)
+            p = jnp.asarray(d.flat()[:300] * 2.0 - 1.0, dtype)
+            mem = ham.memories.krotov_hopfield_2021(p / 8.0, model="A", n=2)
+            q = p[jnp.arange(batch) % 300] + 0.3 * jax.random.normal(k2, (batch, p.shape[1]), dtype)
+            q = jnp.arctanh(jnp.clip(q, -0.95, 0.95))
         xs0 = mem.init_states(q.astype(dtype))
         return Case(name, mem.network, xs0, _nearest(p))
     if name == "conv_image":

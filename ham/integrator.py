@@ -48,6 +48,7 @@ class Monitored(eqx.Module):
     x: dict[str, Array]
     energy: Array
     speed: dict[str, Array]
+    energy_scale: Array
 
 
 def _phi(h, tau, leak: bool):
@@ -94,21 +95,22 @@ def _norm(x):
 
 
 def evaluate(net, xs):
-    """``(energy, dx/dt, per-layer speed)`` of one unbatched state, in one pass."""
-    energy, dEdg = net._energy_and_dEdg(xs)
+    """``(energy, dx/dt, per-layer speed, energy scale)`` of one unbatched state, in one pass."""
+    energy, dEdg, scale = net._energy_and_dEdg(xs, with_scale=True)
     dx = {k: -dEdg[k] / layer.tau for k, layer in net.layers.items()}
-    return energy, dx, {k: _norm(v) for k, v in dx.items()}
+    return energy, dx, {k: _norm(v) for k, v in dx.items()}, scale
 
 
 def monitored(net, xs) -> Monitored:
-    energy, _, speed = evaluate(net, xs)
-    return Monitored(xs, energy, speed)
+    energy, _, speed, scale = evaluate(net, xs)
+    return Monitored(xs, energy, speed, scale)
 
 
 def monitored_vector_field(net, y: Monitored) -> Monitored:
     """dx/dt for the states, 0 for the monitors (they are recomputed, not integrated)."""
-    _, dx, _ = evaluate(net, y.x)
-    return Monitored(dx, jnp.zeros_like(y.energy), jax.tree_util.tree_map(jnp.zeros_like, y.speed))
+    _, dx, _, _ = evaluate(net, y.x)
+    zero = jnp.zeros_like(y.energy)
+    return Monitored(dx, zero, jax.tree_util.tree_map(jnp.zeros_like, y.speed), zero)
 
 
 class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
@@ -134,7 +136,7 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
         return 1
 
     def init(self, terms, t0, t1, y0, args):
-        _, dx, _ = evaluate(args, y0.x)
+        _, dx, _, _ = evaluate(args, y0.x)
         return dx
 
     def step(self, terms, t0, t1, y0: Monitored, args, solver_state, made_jump):
@@ -154,7 +156,7 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
             used[k] = solver_state[k] if first else -net._dEdg_layer(x, k) / layer.tau
             first = False
             x[k] = x[k] + _phi(h, layer.tau, layer.legendre).astype(x[k].dtype) * used[k]
-        e1, dx1, speed1 = evaluate(net, x)
+        e1, dx1, speed1, scale1 = evaluate(net, x)
         # ETD2 estimate of the local error: c2(h) (N_end - N_used) / tau, with N/tau =
         # dx/dt + x/tau for a leaky layer.
         err = {}
@@ -167,11 +169,14 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
                 dforce = dforce + jnp.where(jnp.isinf(layer.tau), 0.0, (x[k] - y0.x[k]) / layer.tau)
             err[k] = (_c2(h, layer.tau, layer.legendre) * dforce).astype(x[k].dtype)
         eps = jnp.finfo(y0.energy.dtype).eps
-        rose = e1 > y0.energy + self.energy_slack * eps * (1.0 + jnp.abs(y0.energy))
+        # round-off of E is relative to its terms, which may cancel to a much smaller E
+        slack = self.energy_slack * eps * (1.0 + jnp.maximum(y0.energy_scale, scale1))
+        rose = e1 > y0.energy + slack
         bad = rose | ~jnp.isfinite(e1)
         err = {k: jnp.where(bad, jnp.inf, v) for k, v in err.items()}
-        y1 = Monitored(x, e1, speed1)
-        y_error = Monitored(err, jnp.zeros_like(e1), jax.tree_util.tree_map(jnp.zeros_like, speed1))
+        y1 = Monitored(x, e1, speed1, scale1)
+        zero = jnp.zeros_like(e1)
+        y_error = Monitored(err, zero, jax.tree_util.tree_map(jnp.zeros_like, speed1), zero)
         dense_info = dict(y0=y0, y1=y1)
         return y1, y_error, dense_info, dx1, diffrax.RESULTS.successful
 

@@ -139,9 +139,11 @@ class HAM(eqx.Module):
         e = sum(layer.energy(xs[k], gs[k]) for k, layer in self.layers.items() if layer.legendre)
         return e + self._synapse_energy(gs)
 
-    def _energy_and_dEdg(self, xs: States) -> tuple[Array, States]:
+    def _energy_and_dEdg(self, xs: States, with_scale: bool = False):
         """Energy and $\\partial E/\\partial g_A$ of one unbatched state in one pass
-        (``value_and_grad`` of every Lagrangian and of the synapse energy)."""
+        (``value_and_grad`` of every Lagrangian and of the synapse energy). With
+        ``with_scale`` also the sum of the magnitudes of the energy's terms (the size of its
+        round-off: the terms may cancel to a much smaller total)."""
         lg = {k: jax.value_and_grad(layer.lagrangian)(xs[k]) for k, layer in self.layers.items()}
         gs = {k: v[1] for k, v in lg.items()}
         if self.synapses:
@@ -149,14 +151,17 @@ class HAM(eqx.Module):
         else:
             e_syn, dsyn = 0.0, {k: jnp.zeros_like(v) for k, v in gs.items()}
         e = e_syn
+        scale = jnp.abs(e_syn)
         d = {}
         for k, layer in self.layers.items():
             if layer.legendre:
-                e = e + jnp.vdot(xs[k], gs[k]) - lg[k][0]
+                xg = jnp.vdot(xs[k], gs[k])
+                e = e + xg - lg[k][0]
+                scale = scale + jnp.abs(xg) + jnp.abs(lg[k][0])
                 d[k] = xs[k] + dsyn[k]
             else:
                 d[k] = dsyn[k]
-        return e, d
+        return (e, d, scale) if with_scale else (e, d)
 
     def _dEdg_layer(self, xs: States, name: str) -> Array:
         """$\\partial E/\\partial g_A$ for the one layer ``name`` (only the synapses that

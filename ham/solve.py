@@ -176,10 +176,29 @@ def _rewrite(root, residual, inputs):
     return net.vector_field(0.0, root)
 
 
+def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str, ...] | None = None) -> dict:
+    """``relax_kwargs`` with ``solver`` defaulting to [`ham.ExponentialEuler`][] sweeping the
+    layers slowest first. Call it where the taus are concrete (before ``jit``), so the
+    order is known; ``fallback_order`` is used when they are traced."""
+    kw = dict(relax_kwargs)
+    if kw.get("solver") is None:
+        kw["solver"] = ExponentialEuler(layer_order=sweep_order(net) or fallback_order)
+    return kw
+
+
 def _monitored_rms(y):
     leaves = jax.tree_util.tree_leaves(y.x)
     total = sum(jnp.sum(jnp.square(v)) for v in leaves)
     return jnp.sqrt(total / sum(v.size for v in leaves))
+
+
+def _max_finite_tau(net: HAM) -> float:
+    try:
+        taus = [float(t) for layer in net.layers.values() for t in np.ravel(np.asarray(layer.tau))]
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+        return 1e4
+    finite = [t for t in taus if math.isfinite(t)]
+    return max(finite) if finite else 1.0
 
 
 def _min_tau(net: HAM):
@@ -206,7 +225,7 @@ def relax(
     dt0: float | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     factormax: float = 4.0,
-    dtmax: float | None = 1.0,
+    dtmax: float | None = None,
 ) -> Solution:
     r"""Integrate $\tau_A\dot x_A = -\partial E/\partial g_A$ from ``xs0`` with diffrax
     until a steady state: ``Event(steady_state_event)`` fires when
@@ -245,6 +264,8 @@ def relax(
     if max_steps is None or max_steps < 1:
         raise ValueError(f"ham.relax: max_steps must be a positive integer (the trace needs it), got {max_steps}.")
     if isinstance(solver, ExponentialEuler):
+        if dtmax is None:  # beyond ~10 tau the step is the discrete update; the cap only bounds t
+            dtmax = 100.0 * _max_finite_tau(net)
         controller = diffrax.PIDController(
             rtol=rtol, atol=atol, norm=_monitored_rms, pcoeff=0.0, icoeff=1.0,
             factormax=factormax, factormin=0.25, safety=0.9, dtmax=dtmax,

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
-from ..solve import Solution, relax
+from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Dense
 from .. import _checks as checks
 from ._common import as_patterns, as_queries, binarize, check_pm1, check_positive, per_state
@@ -261,7 +261,8 @@ class ClassicalHopfield(_BinaryMemory):
     def relax(self, queries, beta=None, **relax_kwargs) -> Solution:
         """Continuous dynamics from internal state ``x = queries`` via [`ham.relax`][]."""
         q, single = as_queries("classical", queries, self.dim, self.patterns.dtype)
-        sol = _relax_jit(self.make_network(beta), {"v": q[0] if single else q}, relax_kwargs)
+        net = self.make_network(beta)
+        sol = _relax_jit(net, {"v": q[0] if single else q}, with_default_solver(net, relax_kwargs))
         return sol
 
     def retrieve_continuous(self, queries, beta=None, **relax_kwargs) -> Float[Array, "*batch dim"]:

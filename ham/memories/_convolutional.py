@@ -17,7 +17,7 @@ from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
 from .. import _checks as checks
-from ..solve import Solution, relax
+from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Conv, Dense, Pool
 
 __all__ = ["ConvolutionalMemory", "convolutional"]
@@ -157,7 +157,8 @@ class ConvolutionalMemory(eqx.Module):
         **relax_options,
     ) -> Solution:
         """[`ham.relax`][] from [`initial_state`][] (options passed on to ``ham.relax``)."""
-        return relax(self.network, self.initial_state(images, mask), **relax_options)
+        net = self.network
+        return relax(net, self.initial_state(images, mask), **with_default_solver(net, relax_options))
 
     def retrieve(
         self,

@@ -38,7 +38,7 @@ from jaxtyping import Array, Float, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
-from ..solve import Solution, relax
+from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
 from ._common import as_patterns, as_queries, check_positive, per_state
@@ -142,7 +142,8 @@ class LargeAssociativeMemory(eqx.Module):
 
     def relax(self, queries, hidden_tau: float | None = None, **relax_kwargs) -> Solution:
         """[`ham.relax`][] of ``network`` from ``init_states(queries)`` (jit-compiled)."""
-        return _relax_jit(self.make_network(hidden_tau), self.init_states(queries), relax_kwargs)
+        net = self.make_network(hidden_tau)
+        return _relax_jit(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")))
 
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """Visible activations $g_v$ at the fixed point reached from ``queries``."""

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
-from ..solve import Solution, relax
+from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
 from ._common import as_patterns, as_queries, check_positive, fast_method, per_state
@@ -127,7 +127,7 @@ class ModernHopfield(eqx.Module):
         """Run the HAM dynamics from ``init_states(queries)`` to a fixed point with
         [`ham.relax`][] (jit-compiled); ``solution.states["v"]`` is the retrieved pattern."""
         net = self.make_network(hidden_tau)
-        return _relax_jit(net, self.init_states(queries), relax_kwargs)
+        return _relax_jit(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")))
 
 
 @eqx.filter_jit
