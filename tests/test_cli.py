@@ -42,3 +42,44 @@ def test_euclidean_bias_makes_the_hidden_input_a_negative_squared_distance():
 def test_demo_refuses_bad_sizes():
     with pytest.raises(ValueError, match="num_queries <= num_patterns"):
         main(["demo", "--num-patterns", "4", "--num-queries", "8"])
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--num-patterns", "0"], "argument --num-patterns: must be >= 1, got 0"),
+        (["--num-queries", "0"], "argument --num-queries: must be >= 1, got 0"),
+        (["--beta", "nan"], "argument --beta: must be a finite number > 0, got nan"),
+        (["--beta", "inf"], "argument --beta: must be a finite number > 0, got inf"),
+        (["--noise", "-1"], "argument --noise: must be a finite number >= 0, got -1"),
+        (["--num-patterns", "ten"], "argument --num-patterns: expected an integer, got 'ten'"),
+        (["--num-patterns", "4", "--num-queries", "8"], "need 1 <= num_queries <= num_patterns <= 1797"),
+        (["--num-patterns", "5000"], "num_patterns <= 1797"),
+    ],
+)
+def test_invalid_arguments_exit_2_with_one_line_on_stderr(capsys, args, match):
+    from ham.cli import console
+
+    try:
+        rc = console(["demo", *args])
+    except SystemExit as e:  # argparse's own exit
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("ham demo: error: ") and match in err, err
+    assert "Traceback" not in err
+
+
+def test_console_script_prints_no_traceback_and_exits_1_when_the_run_fails(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "ham", "demo", "--beta", "nan"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = subprocess.run(
+        [sys.executable, "-m", "ham", "demo", "--num-patterns", "10", "--num-queries", "2",
+         "--out", str(blocker / "demo.png")],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ham demo: error: ") and "Traceback" not in r.stderr, r.stderr
