@@ -113,11 +113,11 @@ def _tree_norm(tree) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
 
 
-def _check_finite(net: HAM, xs):
+def _check_finite(net: HAM, xs, caller: str = "ham.relax"):
     out = {}
     for k in net.layers:
         out[k] = eqx.error_if(
-            xs[k], ~jnp.all(jnp.isfinite(xs[k])), f"ham.relax: the initial state of layer {k!r} is not finite (NaN or inf)."
+            xs[k], ~jnp.all(jnp.isfinite(xs[k])), f"{caller}: the initial state of layer {k!r} is not finite (NaN or inf)."
         )
     return out
 
@@ -274,8 +274,20 @@ def relax(
     atol = tol["atol"] if atol is None else atol
     event_rtol = tol["event_rtol"] if event_rtol is None else event_rtol
     event_atol = tol["event_atol"] if event_atol is None else event_atol
-    if max_steps is None or max_steps < 1:
+    if max_steps is None or isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
         raise ValueError(f"ham.relax: max_steps must be a positive integer (the trace needs it), got {max_steps}.")
+    for name, value in (("rtol", rtol), ("atol", atol), ("event_rtol", event_rtol), ("event_atol", event_atol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"ham.relax: {name} must be a finite number >= 0, got {value!r}.")
+    if event_rtol == 0 and event_atol == 0:
+        raise ValueError("ham.relax: event_rtol and event_atol are both 0: the steady state could never be reached.")
+    if not (isinstance(t1, (int, float)) and t1 > 0):
+        raise ValueError(f"ham.relax: t1 must be > 0 (the dynamics run forward from t = 0), got {t1!r}.")
+    for name, value in (("dt0", dt0), ("dtmax", dtmax)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"ham.relax: {name} must be a finite number > 0 or None, got {value!r}.")
+    if not (isinstance(factormax, (int, float)) and factormax > 1):
+        raise ValueError(f"ham.relax: factormax must be > 1, got {factormax!r}.")
     if isinstance(solver, ExponentialEuler):
         if dtmax is None:  # beyond ~10 tau the step is the discrete update; the cap only bounds t
             dtmax = 100.0 * _max_finite_tau(net)
@@ -365,8 +377,11 @@ def descend(
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)
-    if steps < 0:
-        raise ValueError(f"ham.descend: steps must be >= 0, got {steps}.")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise ValueError(f"ham.descend: steps must be an integer >= 0, got {steps!r}.")
+    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        # a non-positive step climbs the energy (or stands still): refused, never taken silently
+        raise ValueError(f"ham.descend: step_size must be a finite number > 0, got {step_size!r}.")
     dtype = jnp.result_type(*xs0.values())
     tol = default_tolerances(dtype)
     rtol = tol["event_rtol"] if rtol is None else rtol
@@ -395,4 +410,4 @@ def _descend(net, xs0, step_size, steps, rtol, atol, batch):
     fn = one
     for _ in batch:
         fn = jax.vmap(fn)
-    return Solution(*fn(_check_finite(net, xs0)))
+    return Solution(*fn(_check_finite(net, xs0, "ham.descend")))

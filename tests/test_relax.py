@@ -259,3 +259,40 @@ def test_layer_without_legendre_term_follows_synapse_gradient_and_stays_lyapunov
     sol = ham.descend(net, xs, step_size=0.01, steps=300)
     ham.lyapunov.check(sol, rtol=1e-10, atol=1e-10)
     assert float(ham.lyapunov.energy_rate(net, xs)) <= 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(t1=-1.0), "t1"), (dict(rtol=-1e-3), "rtol"), (dict(atol=float("nan")), "atol"),
+     (dict(event_atol=-1.0), "event_atol"), (dict(max_steps=0), "max_steps"), (dict(dt0=-0.1), "dt0"),
+     (dict(event_rtol=0.0, event_atol=0.0), "both 0")],
+)
+def test_relax_refuses_bad_solver_arguments(kwargs, match):
+    net, xs = random_net("tanh", (4,), 0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=match):
+        ham.relax(net, xs, **kwargs)
+
+
+@pytest.mark.parametrize("step_size", [-0.1, 0.0, float("inf")])
+def test_descend_refuses_a_step_that_cannot_descend(step_size):
+    net, xs = random_net("tanh", (4,), 0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="step_size"):
+        ham.descend(net, xs, step_size=step_size)
+
+
+def test_descend_names_itself_for_non_finite_states():
+    net, xs = random_net("tanh", (4,), 0, 1.0, 1.0, 1.0)
+    xs = {k: v.at[0].set(jnp.nan) for k, v in xs.items()}
+    with pytest.raises(Exception, match="ham.descend"):
+        ham.descend(net, xs)
+
+
+def test_optimistix_private_implicit_jvp_keeps_its_signature():
+    # ham.relax's implicit gradient uses optimistix.internal.implicit_jvp (no public API
+    # exists); optimistix is pinned (<0.2). Fail loudly here if the signature moves.
+    import inspect
+
+    import optimistix.internal as optxi
+
+    params = list(inspect.signature(optxi.implicit_jvp).parameters)
+    assert params == ["fn_primal", "fn_rewrite", "inputs", "tags", "linear_solver"], params
