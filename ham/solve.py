@@ -60,6 +60,7 @@ class Solution(eqx.Module):
 
     @property
     def mask(self) -> Bool[Array, "*batch steps"]:
+        """True for the real entries of ``energies`` and ``times`` (index <= ``num_steps``)."""
         idx = jnp.arange(self.energies.shape[-1])
         return idx <= self.num_steps[..., None]
 
@@ -77,6 +78,8 @@ class Solution(eqx.Module):
         return (np.asarray(self.times)[index][: n + 1], np.asarray(self.energies)[index][: n + 1])
 
     def raise_if_not_converged(self) -> "Solution":
+        """Return ``self``, or raise ``RuntimeError`` naming the first batch index that did
+        not converge, with its ``reason``, steps and residual."""
         codes = np.asarray(self.reason_code)
         if np.any(codes != 0):
             bad = np.argwhere(codes.reshape(codes.shape or (1,)) != 0)[0]
