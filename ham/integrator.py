@@ -133,13 +133,17 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
     interpolation_cls: ClassVar[Callable[..., LocalLinearInterpolation]] = LocalLinearInterpolation
 
     def order(self, terms):
+        """First order (diffrax solver interface)."""
         return 1
 
     def init(self, terms, t0, t1, y0, args):
+        """The solver state: ``dx/dt`` at the initial state (diffrax solver interface)."""
         _, dx, _, _ = evaluate(args, y0.x)
         return dx
 
     def step(self, terms, t0, t1, y0: Monitored, args, solver_state, made_jump):
+        """One exponential Euler step from ``t0`` to ``t1`` with its ETD2 error estimate
+        (infinite when the energy rose), as diffrax's ``AbstractSolver.step``."""
         del made_jump
         net = args
         h = t1 - t0
@@ -181,4 +185,5 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
         return y1, y_error, dense_info, dx1, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0: Monitored, args):
+        """The vector field at ``y0`` (diffrax solver interface)."""
         return monitored_vector_field(args, y0)
