@@ -8,6 +8,8 @@ r"""Associative memory models, each an instance of the core (layers, synapses, H
 - [`universal`][]: Universal Hopfield Networks (Millidge et al. 2022).
 - [`sdm`][]: Kanerva's Sparse Distributed Memory in UHN form.
 - [`krotov_hopfield_2021`][]: the visible + hidden model and its limits A, B, C.
+- [`convolutional`][]: an image memory with convolutional and pooling synapses
+  (Krotov 2021, 2023).
 
 Every model has ``retrieve(queries)`` (batched over a leading axis, jit-compiled),
 ``energy(state)`` and ``network`` (the [`ham.HAM`][] it is, or ``None``).
@@ -21,7 +23,7 @@ from ._binary import (
     dense,
     exponential,
 )
-from ._convolutional import convolutional
+from ._convolutional import ConvolutionalMemory, convolutional
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
 from ._sdm import SparseDistributedMemory, sdm
@@ -43,6 +45,7 @@ __all__ = [
     "UniversalHopfield",
     "SparseDistributedMemory",
     "LargeAssociativeMemory",
+    "ConvolutionalMemory",
     "SIMILARITIES",
     "SEPARATIONS",
 ]

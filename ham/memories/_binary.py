@@ -47,6 +47,7 @@ class _BinaryMemory(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension of a pattern (and of a query)."""
         return self.patterns.shape[1]
 
     # --- per subclass -------------------------------------------------------
@@ -256,6 +257,7 @@ class ClassicalHopfield(_BinaryMemory):
 
     @property
     def network(self) -> HAM:
+        """The [`ham.HAM`][] of ``make_network()`` with its default arguments."""
         return self.make_network()
 
     def relax(self, queries, beta=None, **relax_kwargs) -> Solution:
@@ -363,6 +365,8 @@ class DenseAssociativeMemory(_BinaryMemory):
 
     @property
     def network(self) -> HAM | None:
+        """Model A of [`ham.memories.krotov_hopfield_2021`][] with this $F$ when $F$ is convex
+        (rectified, or even $n$), else ``None``."""
         if not (self.rectified or self.n % 2 == 0):
             return None
         from ._krotov_hopfield import krotov_hopfield_2021
@@ -417,6 +421,7 @@ class ExponentialAssociativeMemory(_BinaryMemory):
 
     @property
     def network(self) -> HAM:
+        """Model A of [`ham.memories.krotov_hopfield_2021`][] with the exponential interaction."""
         from ._krotov_hopfield import krotov_hopfield_2021
 
         return krotov_hopfield_2021(self.patterns, model="A", interaction="exponential", beta=self.beta).network

@@ -83,6 +83,7 @@ class ConvolutionalMemory(eqx.Module):
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The shape ``(H, W, C)`` of a stored image (the pixel layer's)."""
         return self.network.layers["pixels"].shape
 
     def _check_images(self, images, what: str = "images") -> Array:

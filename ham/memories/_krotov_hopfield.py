@@ -81,13 +81,17 @@ class LargeAssociativeMemory(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension of a pattern (and of a query)."""
         return self.patterns.shape[1]
 
     @property
     def num_patterns(self) -> int:
+        """The number of stored patterns."""
         return self.patterns.shape[0]
 
     def make_network(self, hidden_tau: float | None = None, check_convexity: bool = False) -> HAM:
+        """The two-layer [`ham.HAM`][]: visible ``"v"`` and hidden ``"h"`` layers with their
+        Lagrangians, joined by ``Dense(patterns.T)``; ``hidden_tau`` defaults to the model's."""
         hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
         hidden_tau = check_positive("krotov_hopfield_2021.make_network", "hidden_tau", hidden_tau)
         return HAM(
@@ -104,6 +108,7 @@ class LargeAssociativeMemory(eqx.Module):
 
     @property
     def network(self) -> HAM:
+        """The [`ham.HAM`][] of ``make_network()`` with its default arguments."""
         return self.make_network()
 
     # ---------------------------------------------------------------- fast-hidden reduction

@@ -71,10 +71,12 @@ class ModernHopfield(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension of a pattern (and of a query)."""
         return self.patterns.shape[1]
 
     @property
     def num_patterns(self) -> int:
+        """The number of stored patterns."""
         return self.patterns.shape[0]
 
     @fast_method
@@ -115,6 +117,7 @@ class ModernHopfield(eqx.Module):
 
     @property
     def network(self) -> HAM:
+        """The [`ham.HAM`][] of ``make_network()`` with its default arguments."""
         return self.make_network()
 
     def init_states(self, queries) -> dict[str, Array]:

@@ -42,6 +42,7 @@ class SparseDistributedMemory(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension of an address (and of a query)."""
         return self.addresses.shape[1]
 
     def activation(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch num_locations"]:
@@ -63,10 +64,12 @@ class SparseDistributedMemory(eqx.Module):
         return z[0] if single else z
 
     def energy(self, state):
+        """Raises ``ValueError``: Sparse Distributed Memory is not a gradient system."""
         raise ValueError("sdm: Sparse Distributed Memory has no energy function (it is not a gradient system).")
 
     @property
     def network(self):
+        """``None``: the model is single shot, not an instance of [`ham.HAM`][]."""
         return None
 
 

@@ -69,7 +69,9 @@ SIMILARITIES: dict[str, Callable] = {
     "manhattan_reciprocal": _manhattan_reciprocal,
     "hamming": _hamming,
 }
+"""The similarity functions ``sim(M, q)`` by name (``similarity=`` of [`universal`][])."""
 SEPARATIONS = ("identity", "polynomial", "softmax", "max", "threshold")
+"""The separation functions' names (``separation=`` of [`universal`][])."""
 
 
 class UniversalHopfield(eqx.Module):
@@ -137,6 +139,7 @@ class UniversalHopfield(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension of a pattern (and of a query)."""
         return self.patterns.shape[1]
 
     # ------------------------------------------------------------------ maths of one query
@@ -187,6 +190,8 @@ class UniversalHopfield(eqx.Module):
     # ------------------------------------------------------------------ energy
     @property
     def has_energy(self) -> bool:
+        """Whether the model has an energy: auto-association, ``dot`` similarity without
+        normalisation, and a separation with a potential."""
         return (
             self.auto and self.similarity == "dot" and not self.normalize
             and self.separation in ("identity", "polynomial", "softmax", "max")
