@@ -156,6 +156,7 @@ class EnergyTransformer(eqx.Module):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The token layer's shape ``(tokens, dim)``."""
         return self.network.layers[TOKENS].shape
 
     def _tokens(self, method: str, name: str, x) -> Array:

@@ -82,6 +82,7 @@ class Attention(Synapse):
         return self.mask
 
     def energy(self, g: Float[Array, "tokens dim"]) -> Scalar:
+        """The attention energy of the class docstring, for one layer of tokens."""
         heads = self.W_K.shape[0]
         keys = jnp.einsum("hed,bd->hbe", self.W_K, g)
         queries = jnp.einsum("hed,cd->hce", self.W_Q, g)
@@ -97,6 +98,8 @@ class Attention(Synapse):
         return -jnp.sum(jnp.sum(lse, axis=-1) / beta)
 
     def check_shapes(self, name, shapes):
+        """Raise unless the one joined layer is ``(tokens, dim)`` with the weights' ``dim``,
+        at least 2 tokens (or a mask), and a mask of shape ``(tokens, tokens)``."""
         shapes = tuple(tuple(s) for s in shapes)
         dim = self.W_K.shape[-1]
         if len(shapes) != 1 or len(shapes[0]) != 2:

@@ -20,7 +20,8 @@ class Synapse(eqx.Module):
 
     @abc.abstractmethod
     def energy(self, *gs: Array) -> Scalar:
-        ...
+        r"""$E_S(g_A, g_B, \dots)$ of the unbatched activations of the joined layers, in
+        the order of ``connections``."""
 
     def check_shapes(self, name: str, shapes: tuple[tuple[int, ...], ...]) -> None:
         """Validate the joined layers' shapes; default accepts anything."""

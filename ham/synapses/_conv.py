@@ -159,9 +159,12 @@ class Conv(Synapse):
         return out[0]
 
     def energy(self, g_in: Float[Array, "H W cin"], g_out: Float[Array, "Hout Wout cout"]) -> Scalar:
+        r"""$-g^{out}\cdot(g^{in} \star k)$."""
         return -jnp.vdot(g_out, self.convolve(g_in))
 
     def check_shapes(self, name, shapes):
+        """Raise unless both layers are images ``(H, W, C)``, the input has the kernel's
+        input channels and the output has the convolution's output shape."""
         shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         k = tuple(self.kernel.shape)
         what = f"kernel of shape {k}, stride {self.stride}, padding {_describe(self.padding)}"
@@ -230,9 +233,12 @@ class Pool(Synapse):
         return out
 
     def energy(self, g_in: Float[Array, "H W C"], g_out: Float[Array, "Hout Wout C"]) -> Scalar:
+        r"""$-g^{out}\cdot\mathrm{pool}(g^{in})$."""
         return -jnp.vdot(g_out, self.pool(g_in))
 
     def check_shapes(self, name, shapes):
+        """Raise unless both layers are images ``(H, W, C)`` and the output has the
+        pooling's output shape."""
         shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         what = f"{self.kind} pooling with window {self.window}, stride {self.stride}, padding {_describe(self.padding)}"
         s_in, s_out = _image_layers(name, "Pool", what, shapes)

@@ -25,6 +25,7 @@ class Dense(Synapse):
         self.weight = checks.finite("Dense", "weight", checks.real_array("Dense", "weight", weight))
 
     def energy(self, *gs: Array) -> Scalar:
+        r"""$-g_a^\top W g_b$ for two layers, $-\tfrac12 g^\top W g$ for one (recurrent)."""
         if len(gs) == 1:
             (g,) = gs
             wg = jnp.tensordot(self.weight, g, axes=g.ndim)
@@ -34,6 +35,7 @@ class Dense(Synapse):
         return -jnp.vdot(ga, wg)
 
     def check_shapes(self, name, shapes):
+        """Raise unless ``weight`` has shape ``(*shape_a, *shape_b)`` (one or two layers)."""
         shapes = tuple(tuple(s) for s in shapes)
         if len(shapes) not in (1, 2):
             raise shape_error(name, "Dense", f"joins one or two layers, not {len(shapes)}", shapes)
@@ -55,9 +57,11 @@ class Bias(Synapse):
         self.bias = checks.finite("Bias", "bias", checks.real_array("Bias", "bias", bias))
 
     def energy(self, g: Array) -> Scalar:
+        r"""$-b\cdot g$."""
         return -jnp.vdot(self.bias, g)
 
     def check_shapes(self, name, shapes):
+        """Raise unless the synapse joins one layer of the bias's shape."""
         shapes = tuple(tuple(s) for s in shapes)
         if len(shapes) != 1 or tuple(self.bias.shape) != shapes[0]:
             raise shape_error(

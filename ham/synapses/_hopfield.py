@@ -45,6 +45,7 @@ class Hopfield(Synapse):
             raise ValueError(f"Hopfield: xi must be non-empty, got shape {tuple(self.xi.shape)}.")
 
     def energy(self, g: Float[Array, "*tokens dim"]) -> Scalar:
+        """The token-wise Hopfield energy of the class docstring (``relu`` or ``softmax``)."""
         overlaps = g @ self.xi.T  # (*tokens, memories)
         if self.kind == "relu":
             r = jax.nn.relu(overlaps)
@@ -53,6 +54,7 @@ class Hopfield(Synapse):
         return -jnp.sum(jax.nn.logsumexp(beta * overlaps, axis=-1)) / beta
 
     def check_shapes(self, name, shapes):
+        """Raise unless the one joined layer's last dimension is the memories' ``dim``."""
         shapes = tuple(tuple(s) for s in shapes)
         if len(shapes) != 1 or len(shapes[0]) < 1:
             raise shape_error(name, "Hopfield", "joins one layer of shape (..., dim)", shapes)
