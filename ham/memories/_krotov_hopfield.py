@@ -140,7 +140,7 @@ class LargeAssociativeMemory(eqx.Module):
 
     # ---------------------------------------------------------------- HAM dynamics
     def init_states(self, queries) -> dict[str, Array]:
-        r"""$v = $ query, hidden at equilibrium $h = \xi g_v(v)$."""
+        r"""$v$ = query, hidden at equilibrium $h = \xi g_v(v)$."""
         q, single = as_queries("krotov_hopfield_2021", queries, self.dim, self.patterns.dtype)
         h = jax.vmap(lambda v: self.patterns @ self._gv(v))(q)
         return {"v": q[0], "h": h[0]} if single else {"v": q, "h": h}

@@ -121,7 +121,7 @@ class ModernHopfield(eqx.Module):
         return self.make_network()
 
     def init_states(self, queries) -> dict[str, Array]:
-        """HAM states for ``queries``: $v = $ query, hidden at its equilibrium $h = \\Xi v$."""
+        """HAM states for ``queries``: $v$ = query, hidden at its equilibrium $h = \\Xi v$."""
         q, single = as_queries("modern", queries, self.dim, self.patterns.dtype)
         xs = {"v": q, "h": q @ self.patterns.T}
         return {k: v[0] for k, v in xs.items()} if single else xs

@@ -89,7 +89,7 @@ class UniversalHopfield(eqx.Module):
     - ``normalize=True`` divides the scores by their sum before and after separation.
 
     An energy exists for auto-association with the dot similarity and no
-    normalisation: $E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$ with $\nabla\Phi = $ sep
+    normalisation: $E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$ with $\nabla\Phi = \mathrm{sep}$
     ($\Phi = \tfrac12\|s\|^2$, $\sum s^{n+1}/(n+1)$, $\beta^{-1}\log\sum e^{\beta s}$,
     $\max s$), so the retrieval $z = M^\top\mathrm{sep}(Mq)$ is the point where
     $\nabla E = 0$ would hold at $q = z$. Dot/softmax is [`ham.memories.modern`][].
@@ -211,7 +211,7 @@ class UniversalHopfield(eqx.Module):
         return 0.5 * jnp.vdot(q, q) - self._potential(self.patterns @ q)
 
     def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
-        r"""$E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$, $\nabla\Phi = $ sep; only for
+        r"""$E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$, $\nabla\Phi = \mathrm{sep}$; only for
         auto-association with the dot similarity (ValueError otherwise)."""
         if not self.has_energy:
             raise ValueError(
