@@ -1,0 +1,285 @@
+"""MkDocs hooks for the ham site (listed under ``hooks:`` in mkdocs.yml).
+
+- The notebooks (``notebooks/*.ipynb``, generated from ``notebooks/src`` by
+  ``notebooks/build.py``) and the figures (``notebooks/figures/*.png``,
+  ``experiments/results/*.png``) are added to the site from where they live, so nothing
+  is copied into ``docs/``.
+- Every public submodule of ``ham`` (a module named in ``ham.__all__``) without its own
+  page under ``docs/api/`` gets a generated one (``::: ham.NAME``), appended to the API
+  reference, so a new module is documented as soon as it is exported.
+- A line ``<!-- results: NAME -->`` in a page is replaced by markdown rendered from the
+  committed results file of that study (``experiments/results/*.json``), so the numbers
+  on the site are the ones the experiments wrote, never retyped. An unknown NAME, or a
+  results file that is missing or lacks a field, fails the build with a message naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+from mkdocs.structure.nav import Section
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+MARKER = re.compile(r"^<!-- results: ([a-z_]+) -->$", re.M)
+EXTRA_FILES = ("notebooks/*.ipynb", "notebooks/figures/*.png", "experiments/results/*.png")
+GENERATED_API_PAGES: list[str] = []
+
+
+# ----------------------------------------------------------------------------- files
+@event_priority(100)  # before mkdocs-jupyter turns the .ipynb files into pages
+def on_files(files, config):
+    GENERATED_API_PAGES.clear()  # `mkdocs serve` rebuilds in the same process
+    for pattern in EXTRA_FILES:
+        for path in sorted(ROOT.glob(pattern)):
+            uri = path.relative_to(ROOT).as_posix()
+            if files.get_file_from_path(uri) is None:
+                files.append(File(uri, src_dir=str(ROOT), dest_dir=config.site_dir,
+                                  use_directory_urls=config.use_directory_urls))
+    for name in public_submodules():
+        uri = f"api/{name}.md"
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, content=f"::: ham.{name}\n"))
+            GENERATED_API_PAGES.append(uri)
+    return files
+
+
+def on_nav(nav, config, files):
+    """Put the generated API pages at the end of the "API reference" section."""
+    if not GENERATED_API_PAGES:
+        return nav
+    section = next((item for item in nav.items if isinstance(item, Section) and item.title == "API reference"), None)
+    if section is None:
+        raise PluginError('mkdocs.yml: the nav has no "API reference" section for the generated API pages')
+    for uri in GENERATED_API_PAGES:
+        page = files.get_file_from_path(uri).page
+        page.parent = section
+        section.children.append(page)
+        nav.pages.append(page)
+    return nav
+
+
+def public_submodules() -> list[str]:
+    """The names in ``ham.__all__`` that are submodules, read statically from
+    ``ham/__init__.py`` (the docs build does not import the library)."""
+    tree = ast.parse((ROOT / "ham" / "__init__.py").read_text())
+    names = next(
+        (ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+         and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)),
+        [],
+    )
+    return [n for n in names if (ROOT / "ham" / f"{n}.py").exists() or (ROOT / "ham" / n / "__init__.py").exists()]
+
+
+def on_page_markdown(markdown, page, config, files):
+    def render(match):
+        name = match.group(1)
+        if name not in RENDERERS:
+            raise PluginError(f"{page.file.src_uri}: unknown results marker {name!r}; known: {sorted(RENDERERS)}")
+        try:
+            return RENDERERS[name]()
+        except (OSError, KeyError, IndexError, TypeError, ValueError) as e:
+            raise PluginError(f"{page.file.src_uri}: rendering results {name!r} failed: {type(e).__name__}: {e}") from e
+
+    return MARKER.sub(render, markdown)
+
+
+# ----------------------------------------------------------------------------- helpers
+def load(name: str) -> dict:
+    path = RESULTS / name
+    if not path.exists():
+        raise OSError(f"missing results file {path.relative_to(ROOT)} (run its experiment to write it)")
+    return json.loads(path.read_text())
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pm(mean: float, ci: float, scale: float = 100.0, digits: int = 2, unit: str = " %") -> str:
+    return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}{unit}"
+
+
+def indent(text: str, n: int = 4) -> str:
+    return "\n".join((" " * n + line) if line else line for line in text.splitlines())
+
+
+# ----------------------------------------------------------------------------- studies
+def classical() -> str:
+    r = load("classical.json")
+    theory = r["alpha_c_theory"]
+    rows = [
+        [n, f"{a:.3f}", f"{af:.3f}", f"{theory:.3f}", f"{ap:.3f}", f"{apt:.3f}"]
+        for n, a, af, ap, apt in zip(r["N"], r["alpha_c"], r["alpha_c_flipped"], r["alpha_perfect"],
+                                     r["alpha_perfect_theory"])
+    ]
+    dev = [abs(a / theory - 1) for a in r["alpha_c"]]
+    worst = max(range(len(dev)), key=dev.__getitem__)
+    return "\n\n".join([
+        f"Criterion (from the results file): {r['criterion']}.",
+        table(["N", "α_c measured", "α_c from 10 % flipped bits",
+               "published α_c (Amit, Gutfreund & Sompolinsky 1985)", "perfect recall measured",
+               "1/(2 ln N) (the N/(2 ln N) bound)"], rows),
+        f"Every measured α_c is within {max(dev) * 100:.0f} % of {theory} (largest deviation at "
+        f"N = {r['N'][worst]}).",
+    ])
+
+
+def dense() -> str:
+    r = load("dense.json")
+    rows = []
+    for n, s, st, sl in zip(r["n"], r["slope"], r["slope_theory"], r["slope_log_corrected"]):
+        ns = r["curves"][str(n)]["N"]
+        rows.append([n, f"{min(ns)}–{max(ns)}", f"{s:.2f}", st, f"{sl:.2f}"])
+    devs = [abs(k / t - 1) for c in r["curves"].values() for k, t in zip(c["K_max"], c["K_theory"])]
+    exp_rows = [["K_max"] + [f"{k:.0f}" for k in r["exp_capacity"]]]
+    return "\n\n".join([
+        f"Criterion: {r['criterion']}.",
+        table(["n", "N range", "fitted slope of log K_max vs log N",
+               "published n − 1 (Krotov & Hopfield 2016)", "slope of log(K_max ln N)"], rows),
+        "The raw slopes sit below n − 1 because the theory itself is "
+        "$K \\approx N^{n-1}/(2(2n-3)!!\\,\\ln N)$; the measured K_max is within "
+        f"{min(devs) * 100:.0f}–{max(devs) * 100:.0f} % of that formula at every N.",
+        "Exponential DAM ($F = \\exp$, β = 1; Demircigil et al. 2017):",
+        table(["N"] + [str(n) for n in r["exp_N"]], exp_rows),
+        f"K_max grows exponentially: fitted rate {r['exp_rate']:.2f} per neuron "
+        f"($K \\approx e^{{{r['exp_rate']:.2f} N}}$), above the rigorous lower bound "
+        f"ln 2 / 2 = {r['exp_rate_bound']:.3f} proved by Demircigil et al. for exact patterns.",
+    ])
+
+
+def _uhn_table(records, dataset, criterion, corruption, sims, seps) -> str:
+    index = {(x["similarity"], x["separation"]): x["capacity"] for x in records
+             if x["dataset"] == dataset and x["criterion"] == criterion and x["corruption"] == corruption}
+    rows = [[f"`{s}`"] + [index.get((s, p), "–") for p in seps] for s in sims]
+    return table(["similarity"] + [f"`{p}`" for p in seps], rows)
+
+
+def uhn() -> str:
+    r = load("uhn.json")
+    cfg = r["config"]
+    recs = r["records"]
+    sims = [s for s in cfg["similarities"] if any(x["similarity"] == s for x in recs)]
+    seps = [p for p in cfg["separations"] if any(x["separation"] == p for x in recs)]
+    out = [
+        f"Capacity rule: {r['capacity_rule']} (K grid {', '.join(map(str, cfg['K']))}; "
+        f"{cfg['queries']} corrupted queries per K). Criteria: **paper** — {r['criteria']['paper']}; "
+        f"**strict** — {r['criteria']['strict']}."
+    ]
+    for dataset in cfg["datasets"]:
+        m = r["mean_image_check"][dataset]
+        out.append(
+            f"**{dataset}** — paper threshold {m['threshold']:.1f}; the dataset's mean image has median "
+            f"squared error {m['median_sq_error_of_mean_image']:.1f} to an image and passes the paper's "
+            f"criterion for {m['paper_accuracy_of_mean_image'] * 100:.0f} % of the images, the strict one for "
+            f"{m['strict_accuracy_of_mean_image'] * 100:.2f} %. Capacity K, strict criterion, by corruption:"
+        )
+        tabs = []
+        for corruption in cfg["corruptions"]:
+            body = _uhn_table(recs, dataset, "strict", corruption, sims, seps)
+            paper = _uhn_table(recs, dataset, "paper", corruption, sims, seps)
+            tabs.append(f'=== "{corruption}"\n\n{indent(body)}\n\n'
+                        f'    ??? note "paper criterion"\n\n{indent(paper, 8)}\n')
+        out.append("\n".join(tabs))
+    return "\n\n".join(out)
+
+
+def dam_classifier() -> str:
+    r = load("dam_classifier.json")
+    cfg = r["config"]
+    rows = [
+        [d["n"], pm(d["test_error"], d["test_error_ci95"]), pm(d["test_error_last10"], d["test_error_last10_ci95"]),
+         f"{d['prototype_fraction'] * 100:.1f} %", f"{d['nearest_correlation_median']:.2f}",
+         f"{d['memories_per_decision']:.0f}", f"{d['top_memory_share']:.2f}"]
+        for d in r["per_degree"]
+    ]
+    nn = r["baselines"]["nearest_neighbour_1"]
+    return "\n\n".join([
+        f"Dataset `{cfg['dataset']}`, K = {cfg['num_memories']} memories, {cfg['epochs']} epochs, minibatch "
+        f"{cfg['batch_size']}, {cfg['seeds']} seeds; classifier: {r['classifier']}. Mean ± 95 % Student-t "
+        "interval over seeds:",
+        table(["n", "test error (last epoch)", "test error (mean of last 10 epochs)",
+               f"used memories that are prototypes (nearest training image r ≥ {r['prototype_correlation']})",
+               "median nearest-image correlation r",
+               f"memories making {r['decision_mass'] * 100:.0f} % of a decision (median)",
+               "largest memory's share of a decision"], rows),
+        f"Reference on the same splits: 1-nearest-neighbour in pixel space, {pm(nn['test_error'], nn['test_error_ci95'])}.",
+    ])
+
+
+def energy_transformer() -> str:
+    r = load("energy_transformer.json")
+    cfg, data, params = r["config"], r["data"], r["params"]
+    rows = [["Energy Transformer (paper dynamics: `legendre=False`)", f"{r['mse_et']:.4f}", f"{params['et_total']:,}"]]
+    if "mse_et_leaky" in r:
+        rows.append(["Energy Transformer with ham's leaky Legendre dynamics (`--legendre`, same α)",
+                     f"{r['mse_et_leaky']:.4f}", f"{params['et_total']:,}"])
+    rows += [
+        [f"standard transformer (same width, {cfg['baseline_layers']} pre-LN block, trained the same way)",
+         f"{r['mse_baseline']:.4f}", f"{params['baseline_total']:,}"],
+        ["mean-patch fill (per-position mean of the training set)", f"{r['mse_mean_fill']:.4f}", "0"],
+    ]
+    return "\n\n".join([
+        f"Data: `{data['dataset']}`, images {data['image_shape'][0]}×{data['image_shape'][1]}, "
+        f"{cfg['patch']}×{cfg['patch']} patches ({data['tokens']} tokens, {data['masked_tokens']} masked), "
+        f"{data['train_images']} training / {data['test_images']} held-out images, {cfg['epochs']} epochs; "
+        f"inference `{cfg['inference']}` with α = {cfg['step_size']}, T = {cfg['steps']}.",
+        table(["model", "masked-patch MSE (held out)", "parameters"], rows),
+        f"Energy never rose along any inference trajectory of the trained model on held-out images: "
+        f"{'yes' if r['energy_monotone'] else 'NO'} (largest step-to-step change relative to max |E|: "
+        f"{r['max_energy_rise']:.2g}; tolerance {r['energy_rise_tolerance']:g}).",
+    ])
+
+
+def bench_retrieval() -> str:
+    r = load("bench_retrieval.json")
+    rows = []
+    for x in r["results"]:
+        relax = f"{x['relax_qps']:,.2f}" + (f" ({x['note']})" if x.get("note") else "")
+        rows.append([x["case"], f"{x['ham_qps']:,.0f}", f"{x['plain_qps']:,.0f}", f"{x['ratio']:.3f}", relax,
+                     f"{x['relax_steps']:.0f}", f"{x['compile_s']:.2f}"])
+    ratios = [x["ratio"] for x in r["results"]]
+    return "\n\n".join([
+        f"Device `{r['device']}`, JAX {r['jax']}.",
+        table(["case", "ham one-step q/s", "plain jnp q/s", "ratio", "relax q/s", "relax steps", "compile s"], rows),
+        f"ham over the bare maths: ratio {min(ratios):.2f}–{max(ratios):.2f} (1 = no overhead).",
+    ])
+
+
+def bench_relax() -> str:
+    if not (RESULTS / "bench_relax.json").exists():
+        return "*(No committed results yet: run `python -m experiments.bench_relax`.)*"
+    r = load("bench_relax.json")
+    rows = []
+    for x in r["results"]:
+        cell = lambda p: (f"{x[p + 'evals']:.0f} / {x[p + 'seconds'] * 1e3:.1f} ms"  # noqa: E731
+                          if p + "evals" in x and p + "seconds" in x else "–")
+        rows.append([f"`{x['case']}`", x.get("dtype", "–"), x.get("batch", "–"), cell(""), cell("tsit5_"),
+                     cell("euler_"), f"{x['speedup_vs_euler']:.1f}×" if "speedup_vs_euler" in x else "–",
+                     f"{x['speedup_vs_tsit5']:.0f}×" if "speedup_vs_tsit5" in x else "–",
+                     {True: "yes", False: "NO"}.get(x.get("energy_never_rose"), "–")])
+    return "\n\n".join([
+        f"Device `{r.get('device', '?')}`, JAX {r.get('jax', '?')}. Vector-field evaluations / wall-clock per "
+        "solve of the batch:",
+        table(["case", "dtype", "batch", "`ExponentialEuler` (default)", "`diffrax.Tsit5`",
+               "fixed-step Euler, dt = min τ", "speed-up vs Euler", "speed-up vs Tsit5", "energy never rose"], rows),
+    ])
+
+
+RENDERERS = {
+    "classical": classical,
+    "dense": dense,
+    "uhn": uhn,
+    "dam_classifier": dam_classifier,
+    "energy_transformer": energy_transformer,
+    "bench_retrieval": bench_retrieval,
+    "bench_relax": bench_relax,
+}
