@@ -124,6 +124,34 @@ def build(name: str, dtype, batch: int, key) -> Case:
     raise ValueError(f"bench_relax: unknown case {name!r}; known: {CASE_NAMES}")
 
 
+# ----------------------------------------------------------------------------- batch as one ODE
+class _SumOverBatch(eqx.Module):
+    """The Lagrangian of a batch of independent copies of a layer: sum over the batch."""
+
+    fn: Callable
+
+    def __call__(self, x):
+        return jnp.sum(jax.vmap(self.fn)(x))
+
+
+class _BatchSynapse(ham.synapses.Synapse):
+    """A synapse applied to each copy of a batch, energies summed."""
+
+    synapse: ham.synapses.Synapse
+
+    def energy(self, *gs):
+        return jnp.sum(jax.vmap(self.synapse.energy)(*gs))
+
+
+def batch_as_one(net: ham.HAM, batch: int) -> ham.HAM:
+    """One HAM whose state is the whole batch: the same dynamics, one ODE, one step size
+    and one (batch-level, per-layer) stopping rule for all queries."""
+    layers = {k: ham.Layer(_SumOverBatch(layer.lagrangian), (batch, *layer.shape), tau=layer.tau,
+                           legendre=layer.legendre, check_convexity=False) for k, layer in net.layers.items()}
+    synapses = {k: _BatchSynapse(s) for k, s in net.synapses.items()}
+    return ham.HAM(layers=layers, synapses=synapses, connections=net.connections)
+
+
 # ----------------------------------------------------------------------------- methods
 def _min_tau(net):
     return min(float(jnp.min(jnp.asarray(layer.tau))) for layer in net.layers.values())
@@ -174,13 +202,20 @@ def methods(case: Case, tol):
         sol = ham.relax(case.net, case.xs0, solver=diffrax.Tsit5())
         return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
 
+    one_net = batch_as_one(case.net, next(iter(case.xs0.values())).shape[0])
+
+    def relax_batch_as_one():
+        sol = ham.relax(one_net, case.xs0)
+        return sol.states, sol.num_evaluations, sol.num_steps, sol.converged, None
+
     def eul(factor):
         def run():
             xs, n, ok = euler(case.net, case.xs0, dt * factor, r, a)
             return xs, n + 1, n, jnp.all(ok), None
         return run
 
-    return {"relax": relax_default, "tsit5": relax_tsit5, "euler": eul(1.0), "euler_half": eul(0.5)}
+    return {"relax": relax_default, "tsit5": relax_tsit5, "euler": eul(1.0), "euler_half": eul(0.5),
+            "batch_as_one": relax_batch_as_one}
 
 
 def reference(case: Case):
@@ -247,6 +282,11 @@ def run_case(name, dtype, batch, repeats, seed=0):
     out["evals_ratio_vs_euler"] = out["euler_evals"] / out["evals"]
     out["speedup_vs_euler"] = out["euler_seconds"] / out["seconds"]
     out["speedup_vs_tsit5"] = out["tsit5_seconds"] / out["seconds"]
+    # vmap overhead: seconds per evaluation of the per-query (vmapped) solve over those of
+    # the same solver on the batch as one ODE (whose single step size and batch-level stop
+    # rule make its step count differ, so per-evaluation cost is the fair comparison)
+    out["vmap_cost_per_eval_ratio"] = (out["seconds"] / out["evals"]) / (
+        out["batch_as_one_seconds"] / out["batch_as_one_evals"])
     return out
 
 
@@ -272,6 +312,21 @@ def figure(rows, path):
     save_figure(fig, path)
 
 
+def markdown_table(rows) -> str:
+    """The README table, from result rows."""
+    head = ("| case | dtype | ham.relax evals (steps) | Euler dt=min τ evals | evals ratio | ham.relax s | Euler s "
+            "| speed-up | Tsit5 evals | same fixed point / retrieval | energy never rose | compile s |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {r['evals']:.0f} ({r['steps']}) | {r['euler_evals']:.0f} "
+            f"| {r['evals_ratio_vs_euler']:.1f}× | {r['seconds']:.3f} | {r['euler_seconds']:.3f} "
+            f"| {r['speedup_vs_euler']:.1f}× | {r['tsit5_evals']:.0f} | {r['same_fixed_point']:.2f} / "
+            f"{r['same_retrieval']:.2f} | {'yes' if r['energy_never_rose'] else 'NO'} | {r['compile_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64 queries, 5 repeats")
@@ -281,7 +336,12 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
+    ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        rows = (read_json(results_dir(args.out) / "bench_relax.json", {}) or {}).get("results", [])
+        print(markdown_table(rows))
+        return rows
     old_x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)  # float64 cases and the reference
     try:

@@ -172,7 +172,8 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
             if layer.legendre:
                 dforce = dforce + jnp.where(jnp.isinf(layer.tau), 0.0, (x[k] - y0.x[k]) / layer.tau)
             err[k] = (_c2(h, layer.tau, layer.legendre) * dforce).astype(x[k].dtype)
-        eps = jnp.finfo(y0.energy.dtype).eps
+        # the least precise of the states and the energy sets the round-off
+        eps = max(float(jnp.finfo(d).eps) for d in {y0.energy.dtype, *(v.dtype for v in y0.x.values())})
         # round-off of E is relative to its terms, which may cancel to a much smaller E
         slack = self.energy_slack * eps * (1.0 + jnp.maximum(y0.energy_scale, scale1))
         rose = e1 > y0.energy + slack
