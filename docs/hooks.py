@@ -27,7 +27,7 @@ from mkdocs.structure.nav import Section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
-MARKER = re.compile(r"^<!-- results: ([a-z_]+) -->$", re.M)
+MARKER = re.compile(r"^<!-- results: ([a-z_]+) -->$", re.MULTILINE)
 EXTRA_FILES = ("notebooks/*.ipynb", "notebooks/figures/*.png", "experiments/results/*.png")
 GENERATED_API_PAGES: list[str] = []
 
@@ -259,11 +259,14 @@ def bench_relax() -> str:
         return "*(No committed results yet: run `python -m experiments.bench_relax`.)*"
     r = load("bench_relax.json")
     rows = []
+    def cell(x: dict, prefix: str) -> str:
+        if prefix + "evals" not in x or prefix + "seconds" not in x:
+            return "–"
+        return f"{x[prefix + 'evals']:.0f} / {x[prefix + 'seconds'] * 1e3:.1f} ms"
+
     for x in r["results"]:
-        cell = lambda p: (f"{x[p + 'evals']:.0f} / {x[p + 'seconds'] * 1e3:.1f} ms"  # noqa: E731
-                          if p + "evals" in x and p + "seconds" in x else "–")
-        rows.append([f"`{x['case']}`", x.get("dtype", "–"), x.get("batch", "–"), cell(""), cell("tsit5_"),
-                     cell("euler_"), f"{x['speedup_vs_euler']:.1f}×" if "speedup_vs_euler" in x else "–",
+        rows.append([f"`{x['case']}`", x.get("dtype", "–"), x.get("batch", "–"), cell(x, ""), cell(x, "tsit5_"),
+                     cell(x, "euler_"), f"{x['speedup_vs_euler']:.1f}×" if "speedup_vs_euler" in x else "–",
                      f"{x['speedup_vs_tsit5']:.0f}×" if "speedup_vs_tsit5" in x else "–",
                      {True: "yes", False: "NO"}.get(x.get("energy_never_rose"), "–")])
     return "\n\n".join([
