@@ -42,7 +42,7 @@ class LayerNormLagrangian(eqx.Module):
     per token (last axis). Convex, hence a valid Lagrangian, for $\gamma \ge 0$."""
 
     gamma: float | Float[Array, ""] = eqx.field(
-        converter=checks.positive_converter("LayerNormLagrangian", "gamma", inclusive=True, shapes=None)
+        converter=checks.positive_converter("LayerNormLagrangian", "gamma", inclusive=True)
     )
     delta: float | Float[Array, "dim"] = eqx.field(
         converter=checks.positive_converter("LayerNormLagrangian", "delta", low=-math.inf, shapes=None)
@@ -51,12 +51,11 @@ class LayerNormLagrangian(eqx.Module):
 
     def __check_init__(self):
         checks.param("LayerNormLagrangian", "eps", self.eps)
-        for name in ("gamma", "delta"):
-            if jnp.ndim(getattr(self, name)) > 1:
-                raise ValueError(
-                    f"LayerNormLagrangian: {name} must be a scalar or one value per feature, got shape "
-                    f"{tuple(jnp.shape(getattr(self, name)))}."
-                )
+        if jnp.ndim(self.delta) > 1:
+            raise ValueError(
+                f"LayerNormLagrangian: delta must be a scalar or one value per feature, got shape "
+                f"{tuple(jnp.shape(self.delta))}."
+            )
 
     def __call__(self, x: Float[Array, "... dim"]) -> Scalar:
         return lagrangians.layernorm(x, self.gamma, self.delta, self.eps)

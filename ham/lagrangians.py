@@ -18,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from jaxtyping import Array, ArrayLike, Float, Scalar
@@ -36,16 +37,36 @@ __all__ = [
 ]
 
 
-def _check_positive(name: str, value, what: str = "beta", low: float = 0.0, inclusive: bool = False) -> None:
+def _check_positive(
+    name: str, value, what: str = "beta", low: float = 0.0, inclusive: bool = False, scalar: bool = True
+) -> None:
     # Concrete values (numbers and arrays) are checked eagerly; traced ones pass through
     # here (a Lagrangian runs inside every vector-field evaluation): the models and
     # layers that hold a traced parameter check it with eqx.error_if where they store it.
+    # Shapes are static and always checked.
+    if scalar and getattr(value, "shape", ()) != ():
+        raise ValueError(f"{name}: {what} must be a scalar, got an array of shape {tuple(value.shape)}.")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if (value >= low if inclusive else value > low) and math.isfinite(value):
             return
     elif isinstance(value, jax.core.Tracer):
         return
     _checks.param(name, what, value, low=low, inclusive=inclusive, shapes=None)
+
+
+def _check_broadcast(name: str, x, **params) -> None:
+    """Array parameters must broadcast against the state (shapes are static, so this
+    also runs under ``jit``)."""
+    for what, value in params.items():
+        shape = getattr(value, "shape", ())
+        if shape:
+            try:
+                np.broadcast_shapes(tuple(shape), tuple(jnp.shape(x)))
+            except ValueError:
+                raise ValueError(
+                    f"{name}: {what} of shape {tuple(shape)} does not broadcast against the state of shape "
+                    f"{tuple(jnp.shape(x))}."
+                ) from None
 
 
 def identity(x: Float[Array, "..."]) -> Scalar:
@@ -102,11 +123,12 @@ def layernorm(
     $L = D\gamma\sqrt{\tfrac1D\sum_i (x_i - \bar x)^2 + \epsilon} + \sum_i \delta_i x_i$,
 
     activation $g = \gamma (x - \bar x)/\sqrt{\mathrm{var}(x) + \epsilon} + \delta$.
-    Convex for $\gamma \ge 0$; ``gamma`` and ``delta`` may be scalars or per-feature
-    vectors of length $D$ (the last axis).
+    Convex for $\gamma \ge 0$; ``gamma`` is a scalar, ``delta`` a scalar or a per-feature
+    vector of length $D$ (the last axis).
     """
     _check_positive("layernorm", gamma, "gamma", inclusive=True)
     _check_positive("layernorm", eps, "eps")
+    _check_broadcast("layernorm", x, gamma=gamma, delta=delta)
     d = x.shape[-1]
     xc = x - jnp.mean(x, axis=-1, keepdims=True)
     sd = jnp.sqrt(jnp.mean(xc * xc, axis=-1) + eps)

@@ -69,7 +69,7 @@ def test_lagrangian_parameters_are_checked_when_they_are_concrete_arrays():
     with pytest.raises(ValueError, match="tanh: beta must be > 0 and finite, got inf"):
         L.tanh(jnp.ones(3), beta=np.inf)
     with pytest.raises(ValueError, match="layernorm: gamma must be >= 0"):
-        L.layernorm(jnp.ones(3), gamma=jnp.asarray([-1.0]))
+        L.layernorm(jnp.ones(3), gamma=jnp.asarray(-1.0))
     with pytest.raises(ValueError, match="softmax: beta must be > 0"):  # the convexity probe
         ham.Layer(eqx.Partial(L.softmax, beta=jnp.asarray(-2.0)), shape=(4,))
 
@@ -279,3 +279,14 @@ def test_data_checks_switch_turns_off_only_runtime_data_checks():
     assert r.returncode == 0, r.stderr
     assert "param: modern: beta must be > 0" in r.stdout
     assert "patterns: modern: patterns must be finite" in r.stdout
+
+
+def test_array_parameters_of_the_wrong_shape_are_named():
+    with pytest.raises(ValueError, match=r"softmax: beta must be a scalar, got an array of shape \(3,\)"):
+        ham.Layer(ft.partial(ham.lagrangians.softmax, beta=jnp.ones(3)), shape=(4,))
+    with pytest.raises(ValueError, match=r"layernorm: delta of shape \(5,\) does not broadcast against the state"):
+        ham.lagrangians.layernorm(jnp.ones((2, 4)), delta=jnp.zeros(5))
+    with pytest.raises(ValueError, match=r"layernorm: gamma must be a scalar"):
+        ham.lagrangians.layernorm(jnp.ones((2, 4)), gamma=jnp.full(4, 2.0))
+    # a per-feature delta that broadcasts is fine
+    assert ham.lagrangians.layernorm(jnp.ones((2, 4)), gamma=2.0, delta=jnp.zeros(4)).shape == ()
