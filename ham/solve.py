@@ -92,7 +92,7 @@ class Solution(eqx.Module):
         return self
 
 
-def default_tolerances(dtype, solver=None) -> dict[str, float]:
+def default_tolerances(dtype, solver=None, accurate: bool = False) -> dict[str, float]:
     r"""Step-size controller (``rtol``, ``atol``) and steady-state (``event_rtol``,
     ``event_atol``) tolerances for a dtype and a solver.
 
@@ -101,12 +101,16 @@ def default_tolerances(dtype, solver=None) -> dict[str, float]:
     must sit well above the controller's error floor (DESIGN.md §2): near equilibrium
     its state jitters at the controller tolerance, so a tighter event is never met. The
     [`ham.ExponentialEuler`][] default has no such floor (a fixed point of the dynamics
-    is a fixed point of its step); its controller only keeps transients accurate (the
-    energy check keeps them downhill), so its tolerance is loose.
+    is a fixed point of its step); its controller only guards against jumps larger than
+    the state (the energy check keeps steps downhill), so its tolerance is loose, unless
+    ``accurate`` (what [`ham.relax`][] asks for when ``t1`` is finite: the state at time
+    ``t1`` is then wanted, not only the fixed point).
     """
     f64 = jnp.dtype(dtype) == jnp.float64
     event = dict(event_rtol=1e-6, event_atol=1e-8) if f64 else dict(event_rtol=1e-4, event_atol=1e-4)
     if solver is None or isinstance(solver, ExponentialEuler):
+        if accurate:  # a finite t1 asks for the state at that time: follow the trajectory
+            return dict(rtol=1e-6, atol=1e-8, **event) if f64 else dict(rtol=1e-4, atol=1e-6, **event)
         return dict(rtol=1.0, atol=1.0, **event)
     return dict(rtol=1e-8, atol=1e-10, **event) if f64 else dict(rtol=1e-5, atol=1e-6, **event)
 
@@ -272,7 +276,7 @@ def relax(
         dtype = jnp.zeros(()).dtype
         xs0 = {k: v.astype(dtype) for k, v in xs0.items()}
     solver = ExponentialEuler(layer_order=sweep_order(net)) if solver is None else solver
-    tol = default_tolerances(dtype, solver)
+    tol = default_tolerances(dtype, solver, accurate=math.isfinite(t1) if isinstance(t1, (int, float)) else False)
     rtol = tol["rtol"] if rtol is None else rtol
     atol = tol["atol"] if atol is None else atol
     event_rtol = tol["event_rtol"] if event_rtol is None else event_rtol
@@ -382,9 +386,12 @@ def descend(
     batch = net.batch_shape(xs0)
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"ham.descend: steps must be an integer >= 0, got {steps!r}.")
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        # a non-positive step climbs the energy (or stands still): refused, never taken silently
-        raise ValueError(f"ham.descend: step_size must be a finite number > 0, got {step_size!r}.")
+    # a non-positive step climbs the energy (or stands still): refused, never taken silently
+    msg = "ham.descend: step_size must be a finite number > 0"
+    if isinstance(step_size, jax.core.Tracer):
+        step_size = eqx.error_if(step_size, ~(jnp.isfinite(step_size) & (step_size > 0)), msg + " (checked at run time).")
+    elif not (np.ndim(step_size) == 0 and math.isfinite(float(step_size)) and float(step_size) > 0):
+        raise ValueError(f"{msg}, got {step_size!r}.")
     dtype = jnp.result_type(*xs0.values())
     tol = default_tolerances(dtype)
     rtol = tol["event_rtol"] if rtol is None else rtol
