@@ -11,12 +11,14 @@ from .integrator import ExponentialEuler
 from .layer import Layer
 from .network import HAM
 from .solve import Solution, default_tolerances, descend, relax
+from . import training
 
 __all__ = [
     "lagrangians",
     "lyapunov",
     "synapses",
     "memories",
+    "training",
     "Layer",
     "HAM",
     "Solution",
