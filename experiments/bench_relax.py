@@ -89,8 +89,8 @@ def build(name: str, dtype, batch: int, key) -> Case:
         if name == "dense_n3":  # ±1 patterns, rectified cubic interaction (Krotov & Hopfield 2016)
             n, k = 100, 200
             p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
-            mem = ham.memories.krotov_hopfield_2021(p / np.sqrt(n), model="A", n=3)
-            q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.15, (batch, n)), -1.0, 1.0)
+            mem = ham.memories.krotov_hopfield_2021(p / jnp.sqrt(jnp.asarray(n, dtype)), model="A", n=3)
+            q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.15, (batch, n)), -1.0, 1.0).astype(dtype)
         else:  # digits scaled to [-1, 1], model A (tanh visible, rectified polynomial n = 2 hidden)
             from experiments.data import load_dataset
 

@@ -179,8 +179,12 @@ def _solve(inputs):
 
 
 def _rewrite(root, residual, inputs):
-    net = inputs[0]
-    return net.vector_field(0.0, root)
+    """The fixed-point condition f(x*) = 0 for the implicit function theorem. A clamped
+    layer (tau = inf) has f = 0 identically, which would make the Jacobian singular: its
+    condition is x* = x0 instead (so its derivative with respect to x0 is the identity)."""
+    net, x0 = inputs[0], inputs[1]
+    f = net.vector_field(0.0, root)
+    return {k: jnp.where(jnp.isinf(jnp.asarray(layer.tau)), root[k] - x0[k], f[k]) for k, layer in net.layers.items()}
 
 
 def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str, ...] | None = None) -> dict:

@@ -187,3 +187,31 @@ def test_bench_relax_smoke(tmp_path):
         assert field in row
     assert row["converged"] and row["energy_never_rose"] and row["same_retrieval"] == 1.0
     assert (tmp_path / "bench_relax_smoke.json").exists() and (tmp_path / "bench_relax_smoke.png").exists()
+
+
+def _clamped_loss(w, x_in, adjoint):
+    net = ham.HAM(
+        layers={"x": ham.Layer(L.identity, (3,), tau=jnp.inf, check_convexity=False),
+                "h": ham.Layer(L.relu, (4,), tau=0.2, check_convexity=False),
+                "y": ham.Layer(ft.partial(L.softmax, beta=1.0), (2,), check_convexity=False)},
+        synapses={"a": ham.synapses.Dense(w["a"]), "b": ham.synapses.Dense(w["b"])},
+        connections={"a": ("x", "h"), "b": ("h", "y")},
+    )
+    xs = {"x": x_in, "h": jnp.zeros(4), "y": jnp.zeros(2)}
+    sol = ham.relax(net, xs, adjoint=adjoint, event_rtol=1e-10, event_atol=1e-10, max_steps=2000)
+    sol = eqx.error_if(sol, ~sol.converged, "clamped gradient test: relax did not converge")
+    return jnp.sum(sol.states["y"] ** 2) + jnp.sum(sol.states["x"] ** 2)
+
+
+def test_implicit_gradient_with_a_clamped_input_layer(x64):
+    # a clamped layer has dx/dt = 0 identically: its rows of the Jacobian vanish, and the
+    # implicit solve must pin it to its initial state instead of failing as singular
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(7), 3)
+    w = {"a": 0.5 * jax.random.normal(k1, (3, 4)), "b": 0.5 * jax.random.normal(k2, (4, 2))}
+    x_in = jax.random.normal(k3, (3,))
+    f = jax.jit(_clamped_loss, static_argnums=2)
+    g_imp = jax.grad(f, argnums=(0, 1))(w, x_in, diffrax.ImplicitAdjoint())
+    g_unr = jax.grad(f, argnums=(0, 1))(w, x_in, diffrax.RecursiveCheckpointAdjoint())
+    for a, b in zip(jax.tree_util.tree_leaves(g_imp), jax.tree_util.tree_leaves(g_unr)):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
