@@ -285,14 +285,14 @@ def relax(
     atol = tol["atol"] if atol is None else atol
     event_rtol = tol["event_rtol"] if event_rtol is None else event_rtol
     event_atol = tol["event_atol"] if event_atol is None else event_atol
-    if max_steps is None or isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
+    if not (isinstance(max_steps, (int, np.integer)) and not isinstance(max_steps, bool) and max_steps >= 1):
         raise ValueError(f"ham.relax: max_steps must be a positive integer (the trace needs it), got {max_steps}.")
     for name, value in (("rtol", rtol), ("atol", atol), ("event_rtol", event_rtol), ("event_atol", event_atol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"ham.relax: {name} must be a finite number >= 0, got {value!r}.")
     if event_rtol == 0 and event_atol == 0:
         raise ValueError("ham.relax: event_rtol and event_atol are both 0: the steady state could never be reached.")
-    if not (isinstance(t1, (int, float)) and t1 > 0):
+    if isinstance(t1, bool) or not (isinstance(t1, (int, float)) and t1 > 0):
         raise ValueError(f"ham.relax: t1 must be > 0 (the dynamics run forward from t = 0), got {t1!r}.")
     for name, value in (("dt0", dt0), ("dtmax", dtmax)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -388,14 +388,20 @@ def descend(
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)
-    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+    if not (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0):
         raise ValueError(f"ham.descend: steps must be an integer >= 0, got {steps!r}.")
     # a non-positive step climbs the energy (or stands still): refused, never taken silently
     msg = "ham.descend: step_size must be a finite number > 0"
     if isinstance(step_size, jax.core.Tracer):
         step_size = eqx.error_if(step_size, ~(jnp.isfinite(step_size) & (step_size > 0)), msg + " (checked at run time).")
-    elif not (np.ndim(step_size) == 0 and math.isfinite(float(step_size)) and float(step_size) > 0):
-        raise ValueError(f"{msg}, got {step_size!r}.")
+    else:
+        try:
+            ok = (not isinstance(step_size, (bool, str)) and np.ndim(step_size) == 0
+                  and math.isfinite(float(step_size)) and float(step_size) > 0)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{msg}, got {step_size!r}.")
     dtype = jnp.result_type(*xs0.values())
     tol = default_tolerances(dtype)
     rtol = tol["event_rtol"] if rtol is None else rtol

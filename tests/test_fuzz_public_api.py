@@ -255,3 +255,47 @@ def test_every_memory_refuses_a_non_finite_query_entry(bad):
     for mem in mems:
         with pytest.raises(ValueError, match=r"queries must be finite.*entry \(1, 3\)"):
             mem.retrieve(q)
+
+
+def _solver_net():
+    return ham.HAM(
+        layers={"v": ham.Layer(ham.lagrangians.identity, (3,), check_convexity=False),
+                "h": ham.Layer(ft.partial(ham.lagrangians.softmax, beta=2.0), (4,), tau=0.1, check_convexity=False)},
+        synapses={"w": ham.synapses.Dense(0.5 * jnp.ones((3, 4)))},
+        connections={"w": ("v", "h")},
+    )
+
+
+SOLVER_VALUES = st.sampled_from([0.5, 1e-3, 0.0, -1.0, np.nan, np.inf, -np.inf, 1e30, None, "x", True])
+
+
+@given(t1=SOLVER_VALUES, rtol=SOLVER_VALUES, atol=SOLVER_VALUES, max_steps=st.sampled_from([64, 0, -3, 2.5, None]),
+       state=arrays([(3,), (2, 3), (4,)]))
+def test_relax_gives_a_clear_error_or_a_finite_fixed_point(t1, rtol, atol, max_steps, state):
+    net = _solver_net()
+    kwargs = {k: v for k, v in dict(t1=t1, rtol=rtol, atol=atol, max_steps=max_steps).items() if v is not None}
+    try:
+        v = jnp.asarray(state)
+        xs = {"v": v, "h": jnp.zeros(v.shape[:-1] + (4,), v.dtype if jnp.issubdtype(v.dtype, jnp.floating) else None)}
+        sol = ham.relax(net, xs, **kwargs)
+    except CLEAR as e:
+        assert any(name in str(e) for name in ("t1", "rtol", "atol", "max_steps", "state", "layer", "shape", "dtype")), e
+        return
+    assert sol.states["v"].shape == jnp.asarray(state).shape
+    finite = np.asarray(jnp.all(jnp.isfinite(sol.states["v"]), axis=-1))
+    assert np.all(finite | ~np.asarray(sol.converged)), "a converged solve must be finite"
+    assert np.all(np.asarray(sol.converged) | (np.asarray(sol.reason_code) != 0))
+
+
+@given(step_size=SOLVER_VALUES, steps=st.sampled_from([5, 0, -1, 2.5]), state=arrays([(3,), (2, 3)]))
+def test_descend_gives_a_clear_error_or_a_finite_descent(step_size, steps, state):
+    net = _solver_net()
+    try:
+        v = jnp.asarray(state)
+        xs = {"v": v, "h": jnp.zeros(v.shape[:-1] + (4,), v.dtype if jnp.issubdtype(v.dtype, jnp.floating) else None)}
+        sol = ham.descend(net, xs, step_size=step_size, steps=steps)
+    except CLEAR as e:
+        assert any(name in str(e) for name in ("step_size", "steps", "state", "layer", "shape", "dtype")), e
+        return
+    assert sol.states["v"].shape == jnp.asarray(state).shape
+    assert bool(jnp.all(jnp.isfinite(sol.energies)) | ~jnp.all(sol.converged))
