@@ -11,6 +11,9 @@ r"""Associative memory models, each an instance of the core (layers, synapses, H
 - [`convolutional`][]: an image memory with convolutional and pooling synapses
   (Krotov 2021, 2023).
 
+[`sharded_retrieve`][ham.memories.sharded_retrieve] retrieves in one step with the
+patterns of a modern or universal memory split over devices ([`shard_memory`][ham.memories.shard_memory]).
+
 Every model has ``retrieve(queries)`` (batched over a leading axis, jit-compiled),
 ``energy(state)`` and ``network`` (the [`ham.HAM`][] it is, or ``None``).
 """
@@ -27,6 +30,7 @@ from ._convolutional import ConvolutionalMemory, convolutional
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
 from ._sdm import SparseDistributedMemory, sdm
+from ._sharded import shard_memory, sharded_retrieve
 from ._universal import SEPARATIONS, SIMILARITIES, UniversalHopfield, universal
 
 __all__ = [
@@ -48,4 +52,6 @@ __all__ = [
     "ConvolutionalMemory",
     "SIMILARITIES",
     "SEPARATIONS",
+    "shard_memory",
+    "sharded_retrieve",
 ]

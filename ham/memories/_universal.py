@@ -8,6 +8,7 @@ scores, and a projection $P$ (= $M$ for auto-association).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -37,24 +38,60 @@ def _cosine(m, q):
     return (m @ q) / jnp.maximum(mn * qn, _EPS)
 
 
+def _squared_distance(m, q):
+    r"""$\|q - m_\mu\|^2 = \|q\|^2 - 2\,q\cdot m_\mu + \|m_\mu\|^2$ for every memory, clamped at 0
+    (rounding can make it slightly negative). The expansion needs one matrix product and no
+    ``(K, D)`` difference array per query (a ``(batch, K, D)`` one under ``vmap``)."""
+    d2 = jnp.sum(m * m, axis=-1) - 2.0 * (m @ q) + jnp.vdot(q, q)
+    return jnp.maximum(d2, 0.0)
+
+
+#: Elements of one ``(chunk, D)`` block of patterns in the chunked similarities.
+_CHUNK_ELEMENTS = 1 << 16
+
+
+def _chunked(fn):
+    r"""A similarity ``fn(M, q)`` evaluated over blocks of patterns with ``lax.map``, so a
+    query needs memory for one ``(chunk, D)`` block, not for all ``(K, D)`` (the chunk holds
+    about ``_CHUNK_ELEMENTS`` numbers; a memory that fits in one chunk is done directly)."""
+
+    @functools.wraps(fn)
+    def chunked(m, q):
+        k, d = m.shape
+        chunk = max(1, _CHUNK_ELEMENTS // max(d, 1))
+        if k <= chunk:
+            return fn(m, q)
+        n = -(-k // chunk)
+        pad = n * chunk - k
+        blocks = jnp.pad(m, ((0, pad), (0, 0))).reshape(n, chunk, d)
+        return jax.lax.map(lambda b: fn(b, q), blocks).reshape(n * chunk)[:k]
+
+    return chunked
+
+
 def _euclidean(m, q):
-    d = m - q
-    return -jnp.sum(d * d, axis=-1)
+    return -_squared_distance(m, q)
 
 
+@_chunked
 def _manhattan(m, q):
     return -jnp.sum(jnp.abs(m - q), axis=-1)
 
 
+@_chunked
 def _euclidean_reciprocal(m, q):
+    # The exact differences, chunked: 1/d² near a stored pattern needs d² without the
+    # cancellation of the expanded form.
     d = m - q
     return 1.0 / jnp.maximum(jnp.sum(d * d, axis=-1), _EPS)
 
 
+@_chunked
 def _manhattan_reciprocal(m, q):
     return 1.0 / jnp.maximum(jnp.sum(jnp.abs(m - q), axis=-1), _EPS)
 
 
+@_chunked
 def _hamming(m, q):
     """Number of components where memory and query agree (N − Hamming distance)."""
     return jnp.sum(m == q[None, :], axis=-1).astype(q.dtype)
@@ -87,6 +124,12 @@ class UniversalHopfield(eqx.Module):
       $\mathrm{softmax}(\beta s)$; ``"max"`` one-hot argmax; ``"threshold"``
       $[s \ge \theta]$; or a callable ``(K,) -> (K,)``.
     - ``normalize=True`` divides the scores by their sum before and after separation.
+
+    No similarity builds a ``(batch, K, D)`` array: ``"euclidean"`` is computed as
+    $-(\|q\|^2 - 2\,q\cdot m_\mu + \|m_\mu\|^2)$ clamped at $\le 0$, and the other
+    distances run over blocks of patterns with ``lax.map`` (memory per query
+    $O(K_\text{chunk} D)$). For patterns sharded over devices see
+    [`sharded_retrieve`][ham.memories.sharded_retrieve].
 
     An energy exists for auto-association with the dot similarity and no
     normalisation: $E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$ with $\nabla\Phi = \mathrm{sep}$
