@@ -121,14 +121,20 @@ def test_energy_transformer_with_leak_relaxes_downhill_to_a_fixed_point():
     assert bool(jnp.all(sol.converged)), sol.reason
 
 
-def test_no_retrace_when_only_values_change():
-    mem, x, q = _modern()
+def _relax_traced_at_most_once():
+    """A jitted relax that raises if it is traced a second time."""
 
     @eqx.filter_jit
     @eqx.debug.assert_max_traces(max_traces=1)
     def run(net, xs):
         return ham.relax(net, xs).states["v"]
 
+    return run
+
+
+def test_no_retrace_when_only_values_change():
+    mem, x, q = _modern()
+    run = _relax_traced_at_most_once()
     for beta, tau, scale, shift in [(4.0, 0.1, 1.0, 0.0), (6.0, 0.2, 0.9, 0.1), (2.0, 0.05, 1.1, -0.1)]:
         m = ham.memories.modern(x * scale, beta=beta)
         net = m.make_network(hidden_tau=tau)
@@ -138,12 +144,7 @@ def test_no_retrace_when_only_values_change():
 def test_recompiles_are_counted_not_hidden():
     # the counter above would catch a retrace: a different shape must trace again
     mem, x, q = _modern()
-
-    @eqx.filter_jit
-    @eqx.debug.assert_max_traces(max_traces=1)
-    def run(net, xs):
-        return ham.relax(net, xs).states["v"]
-
+    run = _relax_traced_at_most_once()
     run(mem.network, mem.init_states(q))
     with pytest.raises(RuntimeError):
         run(mem.network, mem.init_states(q[:2]))
