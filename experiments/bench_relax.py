@@ -312,6 +312,36 @@ def figure(rows, path):
     save_figure(fig, path)
 
 
+def first_call(name: str, dtype: str, batch: int) -> dict:
+    """Compile cost of ham.relax on one case: first call minus a warm call, in this process."""
+    case = build(name, jnp.dtype(dtype), batch, jax.random.PRNGKey(0))
+    t0 = time.perf_counter()
+    jax.block_until_ready(ham.relax(case.net, case.xs0).states)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(ham.relax(case.net, case.xs0).states)
+    warm = time.perf_counter() - t0
+    return {"case": name, "dtype": dtype, "batch": batch, "first_call_s": first, "warm_s": warm,
+            "compile_s": first - warm}
+
+
+def compile_times(cases, dtypes, batch) -> list[dict]:
+    """``first_call`` for every case, each in a fresh Python process (no shared caches)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for c in cases:
+        for d in dtypes:
+            code = ("import json, jax; jax.config.update('jax_enable_x64', True); "
+                    "from experiments.bench_relax import first_call; "
+                    f"print(json.dumps(first_call({c!r}, {d!r}, {batch})))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown_table(rows) -> str:
     """The README table, from result rows."""
     head = ("| case | dtype | ham.relax evals (steps) | Euler dt=min τ evals | evals ratio | ham.relax s | Euler s "
@@ -337,6 +367,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    ap.add_argument("--compile", action="store_true",
+                    help="only measure ham.relax's first-call compile time per case, each in a fresh process "
+                    "(writes bench_relax_compile.json)")
     args = ap.parse_args(argv)
     if args.table:
         rows = (read_json(results_dir(args.out) / "bench_relax.json", {}) or {}).get("results", [])
@@ -351,6 +384,12 @@ def main(argv=None):
 
 
 def _run(args, ap):
+    if args.compile:
+        cases = args.cases or list(CASE_NAMES)
+        rows = compile_times(cases, args.dtypes, args.batch or 64)
+        write_json(results_dir(args.out) / "bench_relax_compile.json",
+                   {"results": rows, "platform": platform.platform(), "jax": jax.__version__})
+        return rows
     cases = args.cases or (["modern_1000x64", "classical_tanh_400"] if args.smoke else list(CASE_NAMES))
     unknown = sorted(set(cases) - set(CASE_NAMES))
     if unknown:
