@@ -14,6 +14,7 @@ import numpy as np
 import optimistix.internal as optxi
 from jaxtyping import Array, Bool, Float, Int
 
+from . import _checks as checks
 from .integrator import ExponentialEuler, Monitored, _is_clamped, monitored, monitored_vector_field, sweep_order
 from .network import HAM
 
@@ -197,6 +198,14 @@ def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str,
     return kw
 
 
+def _solver_number(name: str, value, *, low: float = 0.0, **kw) -> float:
+    """A solver setting of ``ham.relax``, checked by ``_checks.param`` (> ``low``,
+    finite unless ``allow_inf``); a Python float, since it configures the (static) solver."""
+    if checks.is_traced(value):
+        raise TypeError(f"ham.relax: {name} must be a Python number (it configures the solver), got a traced array.")
+    return float(checks.param("ham.relax", name, value, low=low, **kw))
+
+
 def _monitored_rms(y):
     leaves = jax.tree_util.tree_leaves(y.x)
     total = sum(jnp.sum(jnp.square(v)) for v in leaves)
@@ -287,18 +296,16 @@ def relax(
     event_atol = tol["event_atol"] if event_atol is None else event_atol
     if not (isinstance(max_steps, (int, np.integer)) and not isinstance(max_steps, bool) and max_steps >= 1):
         raise ValueError(f"ham.relax: max_steps must be a positive integer (the trace needs it), got {max_steps}.")
-    for name, value in (("rtol", rtol), ("atol", atol), ("event_rtol", event_rtol), ("event_atol", event_atol)):
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"ham.relax: {name} must be a finite number >= 0, got {value!r}.")
+    rtol, atol, event_rtol, event_atol = (
+        _solver_number(name, value, inclusive=True)
+        for name, value in (("rtol", rtol), ("atol", atol), ("event_rtol", event_rtol), ("event_atol", event_atol))
+    )
     if event_rtol == 0 and event_atol == 0:
         raise ValueError("ham.relax: event_rtol and event_atol are both 0: the steady state could never be reached.")
-    if isinstance(t1, bool) or not (isinstance(t1, (int, float)) and t1 > 0):
-        raise ValueError(f"ham.relax: t1 must be > 0 (the dynamics run forward from t = 0), got {t1!r}.")
-    for name, value in (("dt0", dt0), ("dtmax", dtmax)):
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"ham.relax: {name} must be a finite number > 0 or None, got {value!r}.")
-    if not (isinstance(factormax, (int, float)) and factormax > 1):
-        raise ValueError(f"ham.relax: factormax must be > 1, got {factormax!r}.")
+    t1 = _solver_number("t1", t1, allow_inf=True)
+    dt0 = None if dt0 is None else _solver_number("dt0", dt0)
+    dtmax = None if dtmax is None else _solver_number("dtmax", dtmax)
+    factormax = _solver_number("factormax", factormax, low=1.0)
     if isinstance(solver, ExponentialEuler):
         if dtmax is None:  # beyond ~10 tau the step is the discrete update; the cap only bounds t
             dtmax = 100.0 * _max_finite_tau(net)
@@ -391,17 +398,7 @@ def descend(
     if not (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0):
         raise ValueError(f"ham.descend: steps must be an integer >= 0, got {steps!r}.")
     # a non-positive step climbs the energy (or stands still): refused, never taken silently
-    msg = "ham.descend: step_size must be a finite number > 0"
-    if isinstance(step_size, jax.core.Tracer):
-        step_size = eqx.error_if(step_size, ~(jnp.isfinite(step_size) & (step_size > 0)), msg + " (checked at run time).")
-    else:
-        try:
-            ok = (not isinstance(step_size, (bool, str)) and np.ndim(step_size) == 0
-                  and math.isfinite(float(step_size)) and float(step_size) > 0)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{msg}, got {step_size!r}.")
+    step_size = checks.param("ham.descend", "step_size", step_size)
     dtype = jnp.result_type(*xs0.values())
     tol = default_tolerances(dtype)
     rtol = tol["event_rtol"] if rtol is None else rtol
