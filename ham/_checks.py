@@ -98,7 +98,7 @@ def param(
         v = value
         ok = (v >= low) if inclusive else (v > low)
         ok = ok & (jnp.isfinite(v) | (allow_inf & (v == jnp.inf)))
-        return eqx.error_if(value, ~jnp.all(ok), f"{owner}: {name} must be {desc} (checked at run time).")
+        return error_if(value, ~jnp.all(ok), f"{owner}: {name} must be {desc} (checked at run time).")
     v = np.asarray(value, dtype=np.float64) if not isinstance(value, jax.Array) else np.asarray(value).astype(np.float64)
     ok = (v >= low) if inclusive else (v > low)
     ok &= np.isfinite(v) | (allow_inf & (v == np.inf))
@@ -172,6 +172,23 @@ def _host_all_finite(x) -> tuple[bool, np.ndarray | None]:
     return bool(fin.all()), (a if not fin.all() else None)
 
 
+def error_if(x, bad, msg: str):
+    r"""``eqx.error_if(x, bad, msg)`` that leaves a sharded ``x`` where it is.
+
+    ``eqx.error_if`` routes its value through a conditional whose raising branch runs
+    a host callback on one device, so an ``x`` sharded over a mesh would be gathered
+    whole onto that device. Here the check guards a scalar zero, which is then added
+    to every floating leaf of ``x`` (keeping it in the program): only the boolean
+    ``bad`` crosses devices."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(x) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    if not leaves:
+        return eqx.error_if(x, bad, msg)
+    token = eqx.error_if(jnp.zeros((), jnp.float32), jnp.any(bad), msg)
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf + token.astype(leaf.dtype) if jnp.issubdtype(leaf.dtype, jnp.inexact) else leaf, x
+    )
+
+
 def finite(owner: str, name: str, x, *, runtime: bool = False):
     r"""Raise (eagerly, or with ``eqx.error_if`` when traced) unless every entry of the
     floating array ``x`` is finite. ``runtime=True`` marks a per-call check that
@@ -183,7 +200,7 @@ def finite(owner: str, name: str, x, *, runtime: bool = False):
         return x
     msg = f"{owner}: {name} must be finite (no NaN or inf)"
     if is_traced(x):
-        return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), msg + " (checked at run time).")
+        return error_if(x, ~jnp.all(jnp.isfinite(x)), msg + " (checked at run time).")
     ok, a = _host_all_finite(x)
     if not ok:
         raise ValueError(f"{msg}; {_first_bad(~np.isfinite(a), a)}.")
@@ -206,7 +223,7 @@ def finite_result(owner: str, x, hint: str):
         return x
     if any(is_traced(leaf) for leaf in leaves):
         bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])))
-        return eqx.error_if(x, bad, msg + ".")
+        return error_if(x, bad, msg + ".")
     for leaf in leaves:
         ok, a = _host_all_finite(leaf)
         if not ok:

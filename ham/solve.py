@@ -124,7 +124,7 @@ def _tree_norm(tree) -> Array:
 def _check_finite(net: HAM, xs, caller: str = "ham.relax"):
     out = {}
     for k in net.layers:
-        out[k] = eqx.error_if(
+        out[k] = checks.error_if(
             xs[k], ~jnp.all(jnp.isfinite(xs[k])), f"{caller}: the initial state of layer {k!r} is not finite (NaN or inf)."
         )
     return out

@@ -17,7 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 
 from .. import lagrangians
 from ..layer import Layer
@@ -25,7 +25,9 @@ from ..network import HAM
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Dense
 from .. import _checks as checks
-from ._common import as_patterns, as_queries, binarize, check_pm1, check_positive, per_state
+from ._common import (
+    as_active, as_patterns, as_queries, binarize, check_active, check_pm1, check_positive, is_concrete, per_state,
+)
 
 __all__ = ["ClassicalHopfield", "DenseAssociativeMemory", "ExponentialAssociativeMemory",
            "classical", "dense", "exponential"]
@@ -339,10 +341,12 @@ class DenseAssociativeMemory(_BinaryMemory):
     patterns: Float[Array, "num_patterns dim"]
     n: int = eqx.field(static=True, default=3)
     rectified: bool = eqx.field(static=True, default=False)
+    active: Bool[Array, " num_patterns"] | None = None
 
     def __check_init__(self):
         if not isinstance(self.n, int) or self.n < 2:
             raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {self.n!r}.")
+        check_active("dense", self.active, self.patterns.shape[0])
 
     def interaction(self, z):
         """$F(z)$."""
@@ -355,13 +359,13 @@ class DenseAssociativeMemory(_BinaryMemory):
         col = self.patterns[:, i]
         m0 = (aux - col * s[i]) / self.dim
         c = col / self.dim
-        return jnp.sum(self.interaction(m0 + c) - self.interaction(m0 - c))
+        return jnp.sum(_masked(self.active, self.interaction(m0 + c) - self.interaction(m0 - c), 0.0))
 
     def _flip(self, aux, i, ds):
         return aux + self.patterns[:, i] * ds
 
     def _energy_one(self, s):
-        return -jnp.sum(self.interaction(self.patterns @ s))
+        return -jnp.sum(_masked(self.active, self.interaction(self.patterns @ s), 0.0))
 
     @property
     def network(self) -> HAM | None:
@@ -371,7 +375,8 @@ class DenseAssociativeMemory(_BinaryMemory):
             return None
         from ._krotov_hopfield import krotov_hopfield_2021
 
-        return krotov_hopfield_2021(self.patterns, model="A", n=self.n, rectified=self.rectified).network
+        p = _active_patterns("dense", self.patterns, self.active)
+        return krotov_hopfield_2021(p, model="A", n=self.n, rectified=self.rectified).network
 
 
 class ExponentialAssociativeMemory(_BinaryMemory):
@@ -390,6 +395,10 @@ class ExponentialAssociativeMemory(_BinaryMemory):
 
     patterns: Float[Array, "num_patterns dim"]
     beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("exponential", "beta"))
+    active: Bool[Array, " num_patterns"] | None = None
+
+    def __check_init__(self):
+        check_active("exponential", self.active, self.patterns.shape[0])
 
     def _aux(self, s):
         return self.patterns @ s
@@ -397,13 +406,15 @@ class ExponentialAssociativeMemory(_BinaryMemory):
     def _score(self, aux, s, i):
         col = self.patterns[:, i]
         m0 = aux - col * s[i]
-        return jax.nn.logsumexp(self.beta * (m0 + col)) - jax.nn.logsumexp(self.beta * (m0 - col))
+        up = _masked(self.active, self.beta * (m0 + col), -jnp.inf)
+        down = _masked(self.active, self.beta * (m0 - col), -jnp.inf)
+        return jax.nn.logsumexp(up) - jax.nn.logsumexp(down)
 
     def _flip(self, aux, i, ds):
         return aux + self.patterns[:, i] * ds
 
     def _energy_one(self, s):
-        return -jnp.exp(jax.nn.logsumexp(self.beta * (self.patterns @ s)))
+        return -jnp.exp(jax.nn.logsumexp(_masked(self.active, self.beta * (self.patterns @ s), -jnp.inf)))
 
     def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         r"""$-\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$ (per batch element); raises when it
@@ -416,7 +427,7 @@ class ExponentialAssociativeMemory(_BinaryMemory):
 
     def log_energy(self, state) -> Float[Array, "*batch"]:
         r"""$-\beta^{-1}\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$, increasing in ``energy``."""
-        fn = lambda s: -jax.nn.logsumexp(self.beta * (self.patterns @ s)) / self.beta  # noqa: E731
+        fn = lambda s: -jax.nn.logsumexp(_masked(self.active, self.beta * (self.patterns @ s), -jnp.inf)) / self.beta  # noqa: E731
         return per_state("exponential.log_energy", fn, state, self.dim)
 
     @property
@@ -424,28 +435,48 @@ class ExponentialAssociativeMemory(_BinaryMemory):
         """Model A of [`ham.memories.krotov_hopfield_2021`][] with the exponential interaction."""
         from ._krotov_hopfield import krotov_hopfield_2021
 
-        return krotov_hopfield_2021(self.patterns, model="A", interaction="exponential", beta=self.beta).network
+        p = _active_patterns("exponential", self.patterns, self.active)
+        return krotov_hopfield_2021(p, model="A", interaction="exponential", beta=self.beta).network
+
+
+def _masked(active, values, fill):
+    """``values`` where the pattern is active, ``fill`` for the inactive (padding) ones."""
+    return values if active is None else jnp.where(active, values, fill)
+
+
+def _active_patterns(model, patterns, active):
+    """The active rows of ``patterns`` (the mask must be concrete)."""
+    if active is None:
+        return patterns
+    if not is_concrete(active):
+        raise ValueError(f"{model}.network: the active mask must be concrete (not traced) to build the network.")
+    return patterns[np.asarray(active)]
 
 
 def dense(
-    patterns: Float[Array, "num_patterns dim"], n: int = 3, rectified: bool = False, *, binarize: bool = False
+    patterns: Float[Array, "num_patterns dim"], n: int = 3, rectified: bool = False, *, binarize: bool = False,
+    active: Bool[Array, " num_patterns"] | None = None,
 ) -> DenseAssociativeMemory:
     r"""Dense Associative Memory (Krotov & Hopfield 2016) with $F(z) = z^n$ (or
     $\max(z,0)^n$ when ``rectified``) storing ±1 ``patterns``; ``n >= 2`` (n = 2 is the
-    classical network up to a constant). Non-±1 patterns raise unless ``binarize=True``."""
+    classical network up to a constant). Non-±1 patterns raise unless ``binarize=True``.
+    ``active``: an optional boolean mask of the patterns that take part (padding rows
+    ``False``)."""
     p = _binary_patterns("dense", as_patterns("dense", patterns), binarize)
     if isinstance(n, bool) or not isinstance(n, int):
         if isinstance(n, (float, np.floating, np.integer)) and float(n).is_integer():
             n = int(n)
         else:
             raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {n!r}.")
-    return DenseAssociativeMemory(patterns=p, n=n, rectified=bool(rectified))
+    return DenseAssociativeMemory(patterns=p, n=n, rectified=bool(rectified), active=as_active("dense", active, p.shape[0]))
 
 
 def exponential(
-    patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, binarize: bool = False
+    patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, binarize: bool = False,
+    active: Bool[Array, " num_patterns"] | None = None,
 ) -> ExponentialAssociativeMemory:
     r"""Exponential DAM (Demircigil et al. 2017), $F(z) = e^{\beta z}$, storing ±1
-    ``patterns``. Non-±1 patterns raise unless ``binarize=True``."""
+    ``patterns``. Non-±1 patterns raise unless ``binarize=True``; ``active`` as in
+    [`dense`][]."""
     p = _binary_patterns("exponential", as_patterns("exponential", patterns), binarize)
-    return ExponentialAssociativeMemory(patterns=p, beta=beta)
+    return ExponentialAssociativeMemory(patterns=p, beta=beta, active=as_active("exponential", active, p.shape[0]))

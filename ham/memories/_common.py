@@ -26,6 +26,33 @@ def as_patterns(model: str, patterns, name: str = "patterns") -> Array:
     return checks.finite(model, name, p)
 
 
+def as_active(model: str, active, num_patterns: int):
+    """The active-pattern mask as a boolean ``(num_patterns,)`` array (``None`` stays
+    ``None``: every pattern active), or a clear error."""
+    if active is None:
+        return None
+    a = active if isinstance(active, jax.Array) else jnp.asarray(np.asarray(active))
+    if a.dtype != jnp.bool_:
+        raise TypeError(f"{model}: active must be a boolean mask over the stored patterns, got dtype {a.dtype}.")
+    check_active(model, a, num_patterns)
+    return a
+
+
+def check_active(model: str, active, num_patterns: int) -> None:
+    """``active``: ``None`` or a boolean ``(num_patterns,)`` mask with at least one
+    ``True`` (checked when its values are known)."""
+    if active is None:
+        return
+    if getattr(active, "dtype", None) != jnp.bool_ or tuple(active.shape) != (num_patterns,):
+        raise ValueError(
+            f"{model}: active must be a boolean mask of shape ({num_patterns},) (one entry per stored "
+            f"pattern), got {getattr(active, 'dtype', type(active).__name__)} of shape "
+            f"{tuple(getattr(active, 'shape', ()))}."
+        )
+    if is_concrete(active) and getattr(active, "is_fully_addressable", True) and not bool(np.any(np.asarray(active))):
+        raise ValueError(f"{model}: active marks no stored pattern as active; at least one must be.")
+
+
 def check_positive(model: str, name: str, value, **kw):
     """A parameter that must be a finite scalar > 0 (see ``ham._checks.param``): raises
     eagerly for concrete values (numbers and arrays), wraps traced ones with

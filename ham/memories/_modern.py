@@ -8,7 +8,8 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar
+import numpy as np
+from jaxtyping import Array, Bool, Float, Scalar
 
 from .. import lagrangians
 from ..layer import Layer
@@ -16,7 +17,7 @@ from ..network import HAM
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
-from ._common import as_patterns, as_queries, check_positive, fast_method, per_state
+from ._common import as_active, as_patterns, as_queries, check_active, check_positive, fast_method, is_concrete, per_state
 
 __all__ = ["ModernHopfield", "modern"]
 
@@ -26,10 +27,13 @@ def modern_update(patterns: Float[Array, "K D"], beta, q: Float[Array, " D"]) ->
     return patterns.T @ jax.nn.softmax(beta * (patterns @ q))
 
 
-def _batched_update(patterns, beta, queries):
+def _batched_update(patterns, beta, queries, active=None):
     # ``vmap(modern_update)`` written as two matrix products: XLA lowers the vmapped
     # matrix-vector form with extra transposes (about 2x slower on CPU).
-    return jax.nn.softmax((beta * queries) @ patterns.T, axis=-1) @ patterns
+    a = (beta * queries) @ patterns.T
+    if active is not None:  # inactive patterns never win or contribute
+        a = jnp.where(active, a, -jnp.inf)
+    return jax.nn.softmax(a, axis=-1) @ patterns
 
 
 _OVERFLOW = ("beta * (patterns @ query) overflows the dtype; lower beta or rescale the patterns or "
@@ -37,11 +41,11 @@ _OVERFLOW = ("beta * (patterns @ query) overflows the dtype; lower beta or resca
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def _retrieve(patterns, beta, queries, steps: int):
+def _retrieve(patterns, beta, queries, steps: int, active=None):
     if steps == 1:
-        out = _batched_update(patterns, beta, queries)
+        out = _batched_update(patterns, beta, queries, active)
     else:
-        out = jax.lax.fori_loop(0, steps, lambda _, x: _batched_update(patterns, beta, x), queries)
+        out = jax.lax.fori_loop(0, steps, lambda _, x: _batched_update(patterns, beta, x, active), queries)
     return checks.finite_result("modern.retrieve", out, _OVERFLOW)
 
 
@@ -58,16 +62,20 @@ class ModernHopfield(eqx.Module):
       model B). With fast hidden neurons ($\tau_h\to 0$, $h = \Xi v$) its dynamics are
       $\tau_v\dot v = -v + \Xi^\top\mathrm{softmax}(\beta\Xi v)$, whose fixed points are
       the fixed points of the update, and its energy equals $E$ up to a constant.
+    - ``active``: an optional boolean mask over the stored patterns; inactive rows
+      (padding) never take part ($K$ and $M$ above count the active ones only).
     """
 
     patterns: Float[Array, "num_patterns dim"]
     beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("modern", "beta"))
     hidden_tau: float = eqx.field(static=True, default=0.1)
+    active: Bool[Array, " num_patterns"] | None = None
 
     def __check_init__(self):
         if self.patterns.ndim != 2:
             raise ValueError(f"modern: patterns must have shape (num_patterns, dim), got {tuple(self.patterns.shape)}.")
         check_positive("modern", "hidden_tau", self.hidden_tau)
+        check_active("modern", self.active, self.patterns.shape[0])
 
     @property
     def dim(self) -> int:
@@ -86,21 +94,27 @@ class ModernHopfield(eqx.Module):
         if steps.__class__ is not int or steps < 1:
             steps = checks.integer("modern.retrieve", "steps", steps)
         q, single = as_queries("modern", queries, self.patterns.shape[1], self.patterns.dtype)
-        out = _retrieve(self.patterns, self.beta, q, steps)
+        out = _retrieve(self.patterns, self.beta, q, steps, self.active)
         return out[0] if single else out
 
     def _energy_one(self, x) -> Scalar:
         p = self.patterns
-        lse = jax.nn.logsumexp(self.beta * (p @ x)) / self.beta
-        big_m = jnp.max(jnp.sum(p * p, axis=-1))
-        return -lse + 0.5 * jnp.vdot(x, x) + jnp.log(self.num_patterns) / self.beta + 0.5 * big_m
+        a, norms, count = self.beta * (p @ x), jnp.sum(p * p, axis=-1), self.num_patterns
+        if self.active is not None:
+            a, norms = jnp.where(self.active, a, -jnp.inf), jnp.where(self.active, norms, 0.0)
+            count = jnp.sum(self.active)
+        lse = jax.nn.logsumexp(a) / self.beta
+        return -lse + 0.5 * jnp.vdot(x, x) + jnp.log(count) / self.beta + 0.5 * jnp.max(norms)
 
     def energy(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         """Ramsauer et al.'s energy $E(\\xi)$ (per batch element)."""
         return per_state("modern", self._energy_one, state, self.dim)
 
     def make_network(self, hidden_tau: float | None = None, visible_tau: float = 1.0) -> HAM:
-        """The two-layer HAM (visible identity, hidden softmax(β), ``Dense(Ξᵀ)``)."""
+        """The two-layer HAM (visible identity, hidden softmax(β), ``Dense(Ξᵀ)``); with an
+        ``active`` mask, of the active patterns only (the mask must be concrete)."""
+        if self.active is not None:
+            return self._active_only("make_network").make_network(hidden_tau, visible_tau)
         hidden_tau = self.hidden_tau if hidden_tau is None else hidden_tau
         hidden_tau = check_positive("modern.make_network", "hidden_tau", hidden_tau)
         visible_tau = check_positive("modern.make_network", "visible_tau", visible_tau, allow_inf=True)
@@ -115,6 +129,13 @@ class ModernHopfield(eqx.Module):
             connections={"xi": ("v", "h")},
         )
 
+    def _active_only(self, caller: str) -> "ModernHopfield":
+        """The same memory holding only its active patterns, without a mask."""
+        if not is_concrete(self.active):
+            raise ValueError(f"modern.{caller}: the active mask must be concrete (not traced) here.")
+        keep = np.asarray(self.active)
+        return ModernHopfield(patterns=self.patterns[keep], beta=self.beta, hidden_tau=self.hidden_tau)
+
     @property
     def network(self) -> HAM:
         """The [`ham.HAM`][] of ``make_network()`` with its default arguments."""
@@ -122,6 +143,8 @@ class ModernHopfield(eqx.Module):
 
     def init_states(self, queries) -> dict[str, Array]:
         """HAM states for ``queries``: $v$ = query, hidden at its equilibrium $h = \\Xi v$."""
+        if self.active is not None:
+            return self._active_only("init_states").init_states(queries)
         q, single = as_queries("modern", queries, self.dim, self.patterns.dtype)
         xs = {"v": q, "h": q @ self.patterns.T}
         return {k: v[0] for k, v in xs.items()} if single else xs
@@ -138,9 +161,14 @@ def _relax_jit(net, xs0, kwargs):
     return relax(net, xs0, **kwargs)
 
 
-def modern(patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, hidden_tau: float = 0.1) -> ModernHopfield:
+def modern(
+    patterns: Float[Array, "num_patterns dim"], beta: float = 1.0, *, hidden_tau: float = 0.1,
+    active: Bool[Array, " num_patterns"] | None = None,
+) -> ModernHopfield:
     r"""Modern continuous Hopfield network (Ramsauer et al. 2020) storing the rows of
     ``patterns`` with inverse temperature ``beta`` > 0. ``hidden_tau`` is the hidden
-    layer's time constant in ``network``/``relax`` (small = the fast-hidden limit)."""
+    layer's time constant in ``network``/``relax`` (small = the fast-hidden limit);
+    ``active`` an optional boolean mask of the patterns that take part (padding rows
+    are ``False``)."""
     p = as_patterns("modern", patterns)
-    return ModernHopfield(patterns=p, beta=beta, hidden_tau=hidden_tau)
+    return ModernHopfield(patterns=p, beta=beta, hidden_tau=hidden_tau, active=as_active("modern", active, p.shape[0]))

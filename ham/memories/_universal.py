@@ -17,11 +17,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Scalar
+from jaxtyping import Array, Bool, Float, Scalar
 
 from ..network import HAM
 from .. import _checks as checks
-from ._common import as_patterns, as_queries, per_state
+from ._common import as_active, as_patterns, as_queries, check_active, per_state
 
 __all__ = ["UniversalHopfield", "universal", "SIMILARITIES", "SEPARATIONS"]
 
@@ -107,7 +107,7 @@ SIMILARITIES: dict[str, Callable] = {
     "hamming": _hamming,
 }
 """The similarity functions ``sim(M, q)`` by name (``similarity=`` of [`universal`][])."""
-SEPARATIONS = ("identity", "polynomial", "softmax", "max", "threshold")
+SEPARATIONS = ("identity", "polynomial", "softmax", "max", "threshold", "topk")
 """The separation functions' names (``separation=`` of [`universal`][])."""
 
 
@@ -122,8 +122,16 @@ class UniversalHopfield(eqx.Module):
       components; or a callable ``(M (K,D), q (D,)) -> (K,)``.
     - separation: ``"identity"``; ``"polynomial"`` $s^n$; ``"softmax"``
       $\mathrm{softmax}(\beta s)$; ``"max"`` one-hot argmax; ``"threshold"``
-      $[s \ge \theta]$; or a callable ``(K,) -> (K,)``.
+      $[s \ge \theta]$; ``"topk"`` the softmax $\mathrm{softmax}(\beta s)$ restricted to the
+      ``k`` largest scores (the ``k`` nearest memories; ``k=1`` is ``"max"``, a small β
+      the plain average of the ``k`` nearest), found with `jax.lax.top_k`, or with
+      `jax.lax.approx_max_k` (``approximate=True``, aiming at ``recall_target``; exact
+      on CPU); or a callable ``(K,) -> (K,)``.
     - ``normalize=True`` divides the scores by their sum before and after separation.
+    - ``active``: an optional boolean mask over the stored patterns; inactive rows (e.g.
+      padding to a fixed number of patterns, or to a multiple of the devices) never win
+      and never contribute: their score is $-\infty$ before a softmax / max / top-k
+      and their separated score is 0 otherwise.
 
     No similarity builds a ``(batch, K, D)`` array: ``"euclidean"`` is computed as
     $-(\|q\|^2 - 2\,q\cdot m_\mu + \|m_\mu\|^2)$ clamped at $\le 0$, and the other
@@ -149,6 +157,10 @@ class UniversalHopfield(eqx.Module):
     )
     normalize: bool = eqx.field(static=True, default=False)
     auto: bool = eqx.field(static=True, default=True)
+    k: int = eqx.field(static=True, default=1)
+    approximate: bool = eqx.field(static=True, default=False)
+    recall_target: float = eqx.field(static=True, default=0.95)
+    active: Bool[Array, " num_patterns"] | None = None
 
     def __check_init__(self):
         if isinstance(self.similarity, str) and self.similarity not in SIMILARITIES:
@@ -179,6 +191,15 @@ class UniversalHopfield(eqx.Module):
                 f"universal: projection must have one row per stored pattern: patterns have shape "
                 f"{tuple(self.patterns.shape)}, projection {tuple(self.projection.shape)}."
             )
+        if isinstance(self.k, (bool, np.bool_)) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"universal: k (the number of nearest memories of 'topk') must be an integer >= 1, got {self.k!r}.")
+        if self.separation == "topk" and self.k > self.patterns.shape[0]:
+            raise ValueError(
+                f"universal: k={self.k} nearest memories asked of {self.patterns.shape[0]} stored patterns."
+            )
+        if not (0.0 < self.recall_target <= 1.0):
+            raise ValueError(f"universal: recall_target must be in (0, 1], got {self.recall_target!r}.")
+        check_active("universal", self.active, self.patterns.shape[0])
 
     @property
     def dim(self) -> int:
@@ -191,6 +212,8 @@ class UniversalHopfield(eqx.Module):
         sim = SIMILARITIES[self.similarity] if isinstance(self.similarity, str) else self.similarity
         k = self.patterns.shape[0]
         s = _check_scores("similarity", sim(self.patterns, q), k)
+        if self.active is not None:
+            s = jnp.where(self.active, s, 0.0)
         if self.normalize:
             s = s / jnp.sum(s)
         s = _check_scores("separation", self._separate(s), k)
@@ -200,17 +223,24 @@ class UniversalHopfield(eqx.Module):
 
     def _separate(self, s):
         sep = self.separation
+        if sep in ("softmax", "max", "topk"):
+            # the competitive separations: an inactive pattern's score is -inf
+            s = s if self.active is None else jnp.where(self.active, s, -jnp.inf)
+            if sep == "softmax":
+                return jax.nn.softmax(self.beta * s)
+            if sep == "max":
+                return jax.nn.one_hot(jnp.argmax(s), s.shape[0], dtype=s.dtype)
+            values, index = top_k(s, self.k, self.approximate, self.recall_target)
+            return jnp.zeros_like(s).at[index].set(jax.nn.softmax(self.beta * values))
         if callable(sep):
-            return sep(s)
-        if sep == "identity":
-            return s
-        if sep == "polynomial":
-            return s**self.n
-        if sep == "softmax":
-            return jax.nn.softmax(self.beta * s)
-        if sep == "max":
-            return jax.nn.one_hot(jnp.argmax(s), s.shape[0], dtype=s.dtype)
-        return (s >= self.threshold).astype(s.dtype)  # threshold
+            out = sep(s)
+        elif sep == "identity":
+            out = s
+        elif sep == "polynomial":
+            out = s**self.n
+        else:  # threshold
+            out = (s >= self.threshold).astype(s.dtype)
+        return out if self.active is None else jnp.where(self.active, out, 0.0)
 
     def _retrieve_one(self, q):
         return self.projection.T @ self.scores(q)
@@ -237,17 +267,21 @@ class UniversalHopfield(eqx.Module):
         normalisation, and a separation with a potential."""
         return (
             self.auto and self.similarity == "dot" and not self.normalize
-            and self.separation in ("identity", "polynomial", "softmax", "max")
+            and self.separation in ("identity", "polynomial", "softmax", "max", "topk")
         )
 
     def _potential(self, s):
         sep = self.separation
-        if sep == "identity":
-            return 0.5 * jnp.sum(s * s)
-        if sep == "polynomial":
+        if sep in ("identity", "polynomial"):
+            s = s if self.active is None else jnp.where(self.active, s, 0.0)
+            if sep == "identity":
+                return 0.5 * jnp.sum(s * s)
             return jnp.sum(s ** (self.n + 1)) / (self.n + 1)
+        s = s if self.active is None else jnp.where(self.active, s, -jnp.inf)
         if sep == "softmax":
             return jax.nn.logsumexp(self.beta * s) / self.beta
+        if sep == "topk":  # its gradient is the top-k softmax (almost everywhere)
+            return jax.nn.logsumexp(self.beta * top_k(s, self.k, self.approximate, self.recall_target)[0]) / self.beta
         return jnp.max(s)
 
     def _energy_one(self, q) -> Scalar:
@@ -270,8 +304,17 @@ class UniversalHopfield(eqx.Module):
         if self.has_energy and self.separation == "softmax":
             from ._modern import modern
 
-            return modern(self.patterns, self.beta).network
+            return modern(self.patterns, self.beta, active=self.active).network
         return None
+
+
+def top_k(s: Float[Array, " K"], k: int, approximate: bool = False, recall_target: float = 0.95):
+    """The ``k`` largest entries of ``s`` and their indices (ties: the lower index first):
+    `jax.lax.top_k`, or `jax.lax.approx_max_k` when ``approximate`` (exact on CPU, a
+    partial reduction with expected recall ``recall_target`` on TPU)."""
+    if approximate:
+        return jax.lax.approx_max_k(s, k, recall_target=recall_target)
+    return jax.lax.top_k(s, k)
 
 
 def _check_scores(what: str, s, k: int):
@@ -298,10 +341,15 @@ def universal(
     threshold: float = 0.0,
     projection: Float[Array, "num_patterns out"] | None = None,
     normalize: bool = False,
+    k: int = 1,
+    approximate: bool = False,
+    recall_target: float = 0.95,
+    active: Bool[Array, " num_patterns"] | None = None,
 ) -> UniversalHopfield:
     r"""A Universal Hopfield Network (Millidge et al. 2022) with memories ``patterns``
     (rows); ``projection`` (one row per memory) makes it hetero-associative. See
-    [`UniversalHopfield`][] for the similarity and separation names."""
+    [`UniversalHopfield`][] for the similarity and separation names, ``k`` /
+    ``approximate`` / ``recall_target`` of ``"topk"`` and the ``active`` mask."""
     p = as_patterns("universal", patterns)
     for what, fn in (("similarity", similarity), ("separation", separation)):
         if not isinstance(fn, str) and not callable(fn):
@@ -321,4 +369,6 @@ def universal(
     return UniversalHopfield(
         patterns=p, projection=proj, similarity=similarity, separation=separation, beta=beta, n=n,
         threshold=threshold, normalize=bool(normalize), auto=auto,
+        k=checks.integer("universal", "k", k), approximate=bool(approximate),
+        recall_target=float(recall_target), active=as_active("universal", active, p.shape[0]),
     )
