@@ -143,13 +143,33 @@ def main():
                 "result_spec": list(out.sharding.spec),  # [] replicated, ["data"] split
             }
 
-    # Can a constructor take the global (not fully addressable) array directly? Recorded,
-    # not required: its finiteness check copies the array to the host.
+    # Probes, recorded with their exact error rather than required (both raise, in every
+    # process alike, where ham's host-side finiteness checks copy a global array to the
+    # host): (1) a constructor on the global (not fully addressable) patterns;
+    probes = {}
     try:
         M.modern(patterns, beta=BETA_MODERN)
-        constructor = "ok"
+        probes["constructor_on_global_patterns"] = {"status": "ok"}
     except Exception as e:  # noqa: BLE001
-        constructor = f"{type(e).__name__}: {e}"
+        probes["constructor_on_global_patterns"] = {"status": f"{type(e).__name__}: {e}"}
+    # (2) the queries split over the processes (a data axis across them; every process
+    # holds all patterns, split over its own devices): each process gets only its rows
+    # of the result.
+    sharding = NamedSharding(Mesh(by_process, ("data", "patterns")), PartitionSpec("patterns", None))
+    lo, hi = local_block(sharding)
+    local_p = pattern_rows(lo, hi)
+    memory = eqx.tree_at(lambda m: m.patterns, M.modern(local_p, beta=BETA_MODERN),
+                         jax.make_array_from_process_local_data(sharding, local_p, (K, D)))
+    try:
+        out = M.sharded_retrieve(memory, q, data_axis="data")
+        spans = sorted({(s.index[0].start, s.index[0].stop) for s in out.addressable_shards})
+        assert len(spans) == 1, spans
+        shard = next(s for s in out.addressable_shards if (s.index[0].start, s.index[0].stop) == spans[0])
+        probes["data_axis_across_processes"] = {
+            "status": "ok", "query_rows": list(spans[0]), "values": np.asarray(shard.data).tolist(),
+        }
+    except Exception as e:  # noqa: BLE001
+        probes["data_axis_across_processes"] = {"status": f"{type(e).__name__}: {e}"}
     t_done = time.perf_counter()
 
     report = {
@@ -159,7 +179,7 @@ def main():
         "local_devices": len(jax.local_devices()),
         "cpu_collectives": jax.config.jax_cpu_collectives_implementation,
         "rows": sorted(blocks),
-        "constructor_on_global_patterns": constructor,
+        "probes": probes,
         "held": held,
         "results": results,
         "seconds": {"start_and_initialize": t_init - t0, "retrievals": t_done - t_init},

@@ -107,7 +107,8 @@ def workers():
         pytest.fail(f"multi-process workers failed after {seconds:.1f} s (limit {TIMEOUT_S} s):\n{detail}")
     reports = [json.loads(out) for out in stdouts]
     print(f"\n2 workers finished in {seconds:.1f} s; worker timings: {[r['seconds'] for r in reports]}")
-    print(f"a constructor on the global patterns: {reports[0]['constructor_on_global_patterns']}")
+    for name, probe in reports[0]["probes"].items():
+        print(f"probe {name}: {probe['status']}")
     return reports
 
 
@@ -160,3 +161,32 @@ def test_max_winners_come_from_both_processes_and_ties_go_to_the_first(workers):
     assert (first < K // 2).all()
     for r in workers:
         np.testing.assert_array_equal(np.asarray(r["results"]["universal-dot-max-ties"])[:, 0], first)
+
+
+def test_constructor_on_global_patterns(workers):
+    """Recorded: ``ham.memories.modern`` given the global array that spans both processes.
+    Where ham's finiteness check copies it to the host this raises (shown as the xfail
+    reason, with JAX's exact error); the workers then build from their own rows."""
+    statuses = {r["probes"]["constructor_on_global_patterns"]["status"] for r in workers}
+    assert len(statuses) == 1, statuses  # both processes alike (no one left in a collective)
+    status = statuses.pop()
+    if status != "ok":
+        pytest.xfail(status)
+
+
+def test_queries_split_across_processes(workers):
+    """A data axis across the processes: each holds half of the queries' results (rows
+    0-3 or 4-7), compared with the reference; or the exact error as the xfail reason."""
+    statuses = {r["probes"]["data_axis_across_processes"]["status"] for r in workers}
+    assert len(statuses) == 1, statuses
+    status = statuses.pop()
+    if status != "ok":
+        pytest.xfail(status)
+    ref = _reference("modern-softmax")
+    for pid, r in enumerate(workers):
+        probe = r["probes"]["data_axis_across_processes"]
+        lo, hi = probe["query_rows"]
+        assert (lo, hi) == (pid * B // PROCESSES, (pid + 1) * B // PROCESSES)
+        got = np.asarray(probe["values"], np.float64)
+        err = float(np.max(np.abs(got - ref[lo:hi])) / np.max(np.abs(ref[lo:hi])))
+        assert err <= 1e-5, (pid, err)
