@@ -66,7 +66,13 @@ def _as_numeric(owner: str, name: str, value):
     return value
 
 
-def _first_bad(bad: np.ndarray, values: np.ndarray) -> str:
+def _first_nonfinite(values: np.ndarray | None) -> str:
+    return _first_bad(None if values is None else ~np.isfinite(values), values)
+
+
+def _first_bad(bad: np.ndarray, values: np.ndarray | None) -> str:
+    if values is None:  # held in part by other processes
+        return "some entry on another process's devices"
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
     if values.ndim == 0:
         return _fmt(values[()])
@@ -164,9 +170,12 @@ def _host_all_finite(x) -> tuple[bool, np.ndarray | None]:
             on_cpu = all(d.platform == "cpu" for d in x.devices())
         except Exception:  # noqa: BLE001
             on_cpu = False
-        if not on_cpu:  # reduce on the device; copy only when something is wrong
-            if bool(jnp.all(jnp.isfinite(x))):
+        sharded = len(x.sharding.device_set) > 1 or not x.is_fully_addressable
+        if not on_cpu or sharded:  # reduce on the device(s); copy only when something is wrong
+            if bool(jnp.all(jnp.isfinite(x))):  # a sharded array is never gathered onto the host
                 return True, None
+            if not x.is_fully_addressable:  # other processes hold parts of it
+                return False, None
     a = np.asarray(x)
     fin = np.isfinite(a)
     return bool(fin.all()), (a if not fin.all() else None)
@@ -203,7 +212,7 @@ def finite(owner: str, name: str, x, *, runtime: bool = False):
         return error_if(x, ~jnp.all(jnp.isfinite(x)), msg + " (checked at run time).")
     ok, a = _host_all_finite(x)
     if not ok:
-        raise ValueError(f"{msg}; {_first_bad(~np.isfinite(a), a)}.")
+        raise ValueError(f"{msg}; {_first_nonfinite(a)}.")
     return x
 
 
@@ -227,5 +236,5 @@ def finite_result(owner: str, x, hint: str):
     for leaf in leaves:
         ok, a = _host_all_finite(leaf)
         if not ok:
-            raise ValueError(f"{msg} ({_first_bad(~np.isfinite(a), a)}).")
+            raise ValueError(f"{msg} ({_first_nonfinite(a)}).")
     return x

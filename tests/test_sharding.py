@@ -105,14 +105,37 @@ def test_the_flag_stays_in_the_subprocess(sharded):
 
 def test_sharded_retrieval_equals_single_device_retrieval(sharded):
     errors = sharded["errors"]
-    assert len(errors) == 4 * 11  # modern + 9 universal + hetero; pre-sharded / mesh= / data axis / one query
+    # modern (1 and 3 steps), 7 similarities x 6 separations, 4 more universal, dense/exponential x 3 modes;
+    # each pre-sharded and with mesh=, 13 of them also with a data axis and with one query
+    assert len(errors) == 2 * (2 + 7 * 6 + 4 + 3 * 3) + 2 * 13
+    assert {"dense3-sync/data-axis", "exponential-async-random/one-query", "universal-dot-topk/data-axis"} <= set(errors)
     bad = {k: v for k, v in errors.items() if not v <= 1e-5}
     assert not bad, bad
 
 
-def test_sharded_max_breaks_ties_like_argmax(sharded):
+def test_sharded_energy_equals_single_device_energy(sharded):
+    errors = sharded["energy_errors"]
+    names = {k.split("/")[0] for k in errors}
+    assert {"modern", "universal-dot-softmax", "universal-dot-topk", "universal-dot-max", "dense3-sync",
+            "exponential-async"} <= names
+    bad = {k: v for k, v in errors.items() if not v <= 1e-5}
+    assert not bad, bad
+
+
+def test_sharded_max_and_topk_break_ties_like_one_device(sharded):
     sharded_idx, single_idx = sharded["tie_indices"]
     assert sharded_idx == single_idx == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    sharded_k, single_k = sharded["tie_topk"]
+    np.testing.assert_allclose(sharded_k, single_k, rtol=1e-5)
+
+
+def test_padded_uneven_shards_equal_the_unpadded_memory(sharded):
+    uneven = dict(sharded["uneven"])
+    error = uneven.pop("error")
+    assert error is not None and "pad=True" in error and "250 patterns" in error
+    for name, r in uneven.items():
+        assert r["rows"] == 256 and r["inactive"] == 6, name
+        assert r["retrieve"] <= 1e-5 and r["energy"] <= 1e-5, (name, r)
 
 
 def test_each_device_holds_an_eighth_of_the_patterns(sharded):
@@ -120,13 +143,25 @@ def test_each_device_holds_an_eighth_of_the_patterns(sharded):
     assert sharded["shard_bytes"] == [sharded["total_bytes"] // 8] * 8
 
 
-def test_compiled_program_gathers_neither_patterns_nor_scores(sharded):
+def test_compiled_programs_gather_neither_patterns_nor_scores(sharded):
     for name, h in sharded["hlo"].items():
-        assert h["gathers"] == [], (name, h["gathers"])
         assert not h["full_patterns"], f"{name}: a full (K, D) pattern matrix appears in the compiled program"
         assert not h["full_scores"], f"{name}: a full (batch, K) score matrix appears in the compiled program"
         assert h["local_patterns"], f"{name}: the per-device (K/8, D) block is not in the program"
+        if "topk" in name:  # only the k = 5 candidates of each of the 8 devices are gathered: (batch, 40)
+            assert h["gather_shapes"] and set(h["gather_shapes"]) == {"6,40"}, (name, h["gathers"])
+        else:
+            assert h["gathers"] == [], (name, h["gathers"])
         assert 1 <= h["all_reduces"] <= 3, name  # pmax / psum (/ pmin) of per-query partials
+
+
+def test_topk_exact_and_approximate_agree_sharded_and_report_recall(sharded):
+    t = sharded["topk"]
+    assert t["sharded_exact_vs_single"] <= 1e-5 and t["sharded_approx_vs_single_approx"] <= 1e-5
+    # approx_max_k aims at recall_target = 0.9 (on CPU it is exact)
+    assert t["recall_approx_vs_exact"] >= 0.9
+    if t["backend"] == "cpu":
+        assert t["recall_approx_vs_exact"] == 1.0
 
 
 def test_bfloat16_patterns_accumulate_in_float32(sharded):
@@ -136,24 +171,49 @@ def test_bfloat16_patterns_accumulate_in_float32(sharded):
     assert bf16["rel_err_vs_f32_same_inputs"] <= 1e-5
     # original float32 data: bfloat16 keeps 8 significant bits (relative rounding 2^-9)
     assert bf16["rel_err_vs_f32"] <= 1e-2
+    assert bf16["dense_bf16_vs_f32"] == 0.0  # ±1 patterns are exact in bfloat16
+
+
+def test_bad_sharded_input_is_refused_naming_the_argument(sharded):
+    errs = sharded["bad_input"]
+    assert "pattern_axis 'rows' is not an axis" in errs["axis"]
+    assert errs["other-mesh"].startswith("ValueError") and "queries are sharded over another mesh" in errs["other-mesh"]
+    assert errs["dtypes"].startswith("TypeError") and "queries are float16" in errs["dtypes"]
+    assert "patterns are sharded over another mesh" in errs["patterns-other-mesh"]
+
+
+def test_relax_of_hams_sharded_along_the_hidden_axis_equals_one_device(sharded):
+    assert set(sharded["relax"]) == {"modern", "kh2021-A", "general-ham"}
+    for name, r in sharded["relax"].items():
+        assert r["weight_spec"] == r["hidden_spec"] == "P(None, 'patterns')", name  # the state follows the weights
+        assert r["hidden_shard_shape"] == [6, 256 // 8], name
+        assert r["v_err"] <= 1e-5 and r["h_err"] <= 1e-5, (name, r)
+        assert r["same_steps"] and r["converged"], name
+        h = r["hlo"]
+        assert h["gathers"] == [], (name, h["gathers"])
+        assert not h["full_patterns"] and not h["full_scores"], (name, h)
 
 
 # ============================================================================= errors (one device)
 def test_sharded_retrieve_names_what_is_unsupported():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("patterns",))
     p = jnp.ones((4, 3))
-    with pytest.raises(ValueError, match="similarity in"):
-        M.sharded_retrieve(M.universal(p, "manhattan", "softmax"), p, mesh)
-    with pytest.raises(ValueError, match="normalize=False"):
-        M.sharded_retrieve(M.universal(p, "dot", "identity", normalize=True), p, mesh)
-    with pytest.raises(TypeError, match="modern or ham.memories.universal"):
-        M.sharded_retrieve(M.dense(jnp.sign(p)), p, mesh)
+    with pytest.raises(ValueError, match="separation in"):
+        M.sharded_retrieve(M.universal(p, "dot", lambda s: s * 2), p, mesh)
+    with pytest.raises(TypeError, match="modern, universal, dense or exponential"):
+        M.sharded_retrieve(M.classical(jnp.sign(p)), p, mesh)
     with pytest.raises(ValueError, match="not an axis of the mesh"):
         M.sharded_retrieve(M.modern(p), p, mesh, pattern_axis="rows")
     with pytest.raises(ValueError, match="give mesh="):
         M.sharded_retrieve(M.modern(p), p)
     with pytest.raises(ValueError, match="dim=3"):
         M.sharded_retrieve(M.modern(p), jnp.ones((2, 2)), mesh)
+    with pytest.raises(ValueError, match="mode must be"):
+        M.sharded_retrieve(M.dense(jnp.sign(p)), p, mesh, mode="parallel")
+    with pytest.raises(ValueError, match="no energy is known"):
+        M.sharded_energy(M.universal(p, "euclidean", "softmax"), p, mesh)
+    with pytest.raises(TypeError, match="share one dtype"):
+        M.sharded_retrieve(M.universal(p, projection=jnp.ones((4, 2), jnp.bfloat16)), p, mesh)
 
 
 def test_sharded_retrieve_on_one_device_equals_retrieve():

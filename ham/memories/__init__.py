@@ -30,7 +30,7 @@ from ._convolutional import ConvolutionalMemory, convolutional
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
 from ._sdm import SparseDistributedMemory, sdm
-from ._sharded import shard_memory, sharded_retrieve
+from ._sharded import shard_memory, sharded_energy, sharded_retrieve
 from ._universal import SEPARATIONS, SIMILARITIES, UniversalHopfield, universal
 
 __all__ = [
@@ -54,4 +54,5 @@ __all__ = [
     "SEPARATIONS",
     "shard_memory",
     "sharded_retrieve",
+    "sharded_energy",
 ]

@@ -11,6 +11,7 @@ or all at once (``mode="sync"``), sweep after sweep until nothing changes or
 from __future__ import annotations
 
 import abc
+import math
 import functools
 
 import equinox as eqx
@@ -313,6 +314,15 @@ def _binary_patterns(model, p, do_binarize):
 
 
 # ============================================================================ dense
+def overlap_scale(dim: int) -> float:
+    r"""The power of two at or above ``dim`` by which the dense update divides the
+    overlaps: $|\xi\cdot\sigma| \le N$ stays $\le 1$ (no overflow of $F$ for large $n$),
+    and dividing by a power of two is exact, so for ±1 patterns every term, and every
+    partial sum below $2^{24}$ (float32), is computed exactly: an exact tie (score 0,
+    keep the neuron) is never decided by round-off, on one device or many."""
+    return float(2 ** math.ceil(math.log2(max(dim, 1))))
+
+
 def _power(z, n: int, rectified: bool):
     return (jnp.maximum(z, 0.0) if rectified else z) ** n
 
@@ -330,8 +340,8 @@ class DenseAssociativeMemory(_BinaryMemory):
     Update (eq. 3 of the paper): $\sigma_i \leftarrow \mathrm{sign}\big(\sum_\mu
     F(\xi_\mu\cdot\sigma^{(i+)}) - F(\xi_\mu\cdot\sigma^{(i-)})\big)$, where
     $\sigma^{(i\pm)}$ is $\sigma$ with $\sigma_i = \pm1$. The overlaps are divided by
-    $N$ inside the update (F is homogeneous, so the sign is unchanged) to avoid
-    overflow for large $n$.
+    the power of two at or above $N$ inside the update (F is homogeneous, so the sign is
+    unchanged) to avoid overflow for large $n$, exactly (see [`overlap_scale`][]).
 
     ``network`` is Krotov & Hopfield 2021's model A (see
     [`ham.memories.krotov_hopfield_2021`][]) when $F$ is convex (rectified, or even
@@ -357,8 +367,9 @@ class DenseAssociativeMemory(_BinaryMemory):
 
     def _score(self, aux, s, i):
         col = self.patterns[:, i]
-        m0 = (aux - col * s[i]) / self.dim
-        c = col / self.dim
+        scale = overlap_scale(self.dim)
+        m0 = (aux - col * s[i]) / scale
+        c = col / scale
         return jnp.sum(_masked(self.active, self.interaction(m0 + c) - self.interaction(m0 - c), 0.0))
 
     def _flip(self, aux, i, ds):
