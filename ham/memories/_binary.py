@@ -341,7 +341,8 @@ class DenseAssociativeMemory(_BinaryMemory):
     F(\xi_\mu\cdot\sigma^{(i+)}) - F(\xi_\mu\cdot\sigma^{(i-)})\big)$, where
     $\sigma^{(i\pm)}$ is $\sigma$ with $\sigma_i = \pm1$. The overlaps are divided by
     the power of two at or above $N$ inside the update (F is homogeneous, so the sign is
-    unchanged) to avoid overflow for large $n$, exactly (see [`overlap_scale`][]).
+    unchanged) to avoid overflow for large $n$, exactly: the terms and their sums stay exact
+    for ±1 patterns, so ties are decided the same way on any number of devices.
 
     ``network`` is Krotov & Hopfield 2021's model A (see
     [`ham.memories.krotov_hopfield_2021`][]) when $F$ is convex (rectified, or even
