@@ -71,13 +71,15 @@ def guess(model: str, N: int) -> float:
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
 def _accuracy(key, K, N: int, K_cap: int, Q: int, T: int, model: str):
     """Fraction of Q queried stored patterns (per trial, T trials) whose async fixed point
-    equals them; K (traced) real patterns padded to K_cap rows with inert zeros."""
+    equals them; K (traced) real patterns padded to K_cap rows that the memory's active
+    mask switches off (one compilation serves every K of a bucket)."""
 
     def trial(key):
         k_pat, k_pick, k_ord = jax.random.split(key, 3)
         real = jnp.arange(K_cap) < K
         xi = jax.random.rademacher(k_pat, (K_cap, N)).astype(jnp.float32) * real[:, None]
-        memory = ham.memories.exponential(xi) if model == "exp" else ham.memories.dense(xi, n=int(model))
+        memory = (ham.memories.exponential(xi, active=real) if model == "exp"
+                  else ham.memories.dense(xi, n=int(model), active=real))
         # Q distinct patterns, real ones first in random order (pads only if Q > K; masked out)
         pick = jnp.argsort(jax.random.uniform(k_pick, (K_cap,)) + 2.0 * (~real))[:Q]
         valid = real[pick]
