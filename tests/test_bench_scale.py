@@ -1,0 +1,73 @@
+"""The scale-out benchmark (``experiments/bench_scale.py``): a ``--quick`` run into a
+temporary results folder (1 and 8 virtual CPU devices, each in its own process) writes
+the JSON fields the README quotes, with the pattern bytes split evenly over the devices."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import bench_scale
+
+FIELDS = {"K", "dim", "dtype", "devices", "qps", "bytes_per_device", "device_kind", "seconds", "batch",
+          "bytes_total", "temp_bytes_per_device", "retrieval_cos_min", "rss_peak_bytes"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    returned = bench_scale.main(["--quick", "--results-dir", str(out), "--no-progress"])
+    return out, returned, json.loads((out / "bench_scale_quick.json").read_text())
+
+
+def test_quick_run_writes_rows_for_every_configuration(quick):
+    out, returned, data = quick
+    assert returned["results"] == data["results"]
+    rows = data["results"]
+    assert rows and all(FIELDS <= set(r) for r in rows)
+    grid = {(r["K"], r["dim"], r["dtype"], r["devices"]) for r in rows}
+    assert grid == {(k, 64, t, n) for k in bench_scale.QUICK_KS for t in ("float32", "bfloat16") for n in (1, 8)}
+    assert {p.name for p in out.iterdir()} == {"bench_scale_quick.json", "bench_scale_quick.png"}  # no leftovers
+    for r in rows:
+        assert r["qps"] > 0 and math.isclose(r["qps"], r["batch"] / r["seconds"])
+        assert r["device_kind"] == data["device_kind"] and isinstance(r["device_kind"], str)
+        assert r["retrieval_cos_min"] > 0.99  # every query retrieved its own pattern
+        assert r["rss_peak_bytes"] < 4e9
+
+
+def test_bytes_per_device_times_devices_is_the_whole_pattern_matrix(quick):
+    _, _, data = quick
+    for r in data["results"]:
+        itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] != "bfloat16" else 2
+        assert r["bytes_total"] == r["K"] * r["dim"] * itemsize
+        assert r["bytes_per_device"] * r["devices"] == r["bytes_total"]
+        assert r["num_shards"] == r["devices"]
+        # scratch: the (batch, K/n) float32 scores and their exponentials, at least
+        assert r["temp_bytes_per_device"] >= 2 * 4 * r["batch"] * r["K"] // r["devices"]
+
+
+def test_fit_and_largest_k_summaries(quick):
+    _, _, data = quick
+    assert math.isfinite(data["slope"]) and data["slope_fit"]["points"] == len(data["results"])
+    assert {(f["dim"], f["dtype"], f["devices"]) for f in data["fits"]} == {
+        (64, t, n) for t in ("float32", "bfloat16") for n in (1, 8)}
+    assert data["largest_K_run"] == max(bench_scale.QUICK_KS)
+    for f in data["largest_K"]:
+        assert f["largest_K_fit"] > f["largest_K_run"]
+        # patterns + the (batch, K/n) scores: more than the patterns alone, by XLA's count and by RSS
+        assert f["xla_bytes_per_pattern"] > f["pattern_bytes_per_pattern"]
+        assert f["measured_bytes_per_pattern"] is None or f["measured_bytes_per_pattern"] > 0
+    assert bench_scale.markdown_table(data).count("\n") > len(bench_scale.QUICK_KS)
+
+
+def test_loglog_fit_recovers_a_power_law():
+    ks = [1e5, 1e6, 1e7]
+    f = bench_scale.loglog_fit(ks, [2e-9 * k ** 1.0 for k in ks])
+    assert f["slope"] == pytest.approx(1.0) and f["r2"] == pytest.approx(1.0)
+    rows = [{"K": k, "dim": d, "dtype": "float32", "devices": 1, "seconds": c * k ** 0.9}
+            for d, c in ((64, 1e-8), (128, 3e-8)) for k in ks]
+    per, pooled = bench_scale.fits(rows, 100_000)
+    assert pooled["slope"] == pytest.approx(0.9) and [p["slope"] for p in per] == pytest.approx([0.9, 0.9])
