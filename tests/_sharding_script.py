@@ -176,6 +176,23 @@ def main():
         "sharded_approx_vs_single_approx": rel_err(M.sharded_retrieve(approx, qb, mesh), approx.retrieve(qb)),
     }
 
+    # ---- the softmax in blocks of 100 rows (overlapping last block) on 512 rows per device
+    from ham.memories import _sharded
+
+    _sharded._BLOCK_ELEMENTS, saved = 100 * (32 + 64 + 32), _sharded._BLOCK_ELEMENTS
+    _sharded._program.cache_clear()
+    active = jnp.arange(big) % 7 != 3
+    out["blocked"] = {
+        "modern": rel_err(M.sharded_retrieve(M.modern(pb, beta=3.0), qb, mesh), M.modern(pb, beta=3.0).retrieve(qb)),
+        "masked": rel_err(M.sharded_retrieve(M.modern(pb, beta=3.0, active=active), qb, mesh),
+                          M.modern(pb, beta=3.0, active=active).retrieve(qb)),
+        "bf16": rel_err(M.sharded_retrieve(M.modern(pb.astype(jnp.bfloat16), beta=3.0), qb, mesh),
+                        M.modern(pb.astype(jnp.bfloat16).astype(jnp.float32), beta=3.0).retrieve(
+                            qb.astype(jnp.bfloat16).astype(jnp.float32))),
+    }
+    _sharded._BLOCK_ELEMENTS = saved
+    _sharded._program.cache_clear()
+
     # ---- bfloat16 patterns, float32 accumulation
     mem16 = M.modern(patterns.astype(jnp.bfloat16), beta=0.7)
     r16 = M.sharded_retrieve(mem16, queries, mesh)
@@ -208,6 +225,10 @@ def main():
         except (ValueError, TypeError) as e:
             errs[what] = f"{type(e).__name__}: {e}"
     out["bad_input"] = errs
+    # shard_memory moves a memory from one mesh to another
+    moved = M.shard_memory(M.shard_memory(M.modern(patterns, beta=0.7), other), mesh)
+    out["moved"] = {"same_mesh": moved.patterns.sharding.mesh == mesh,
+                    "err": rel_err(M.sharded_retrieve(moved, queries), M.modern(patterns, beta=0.7).retrieve(queries))}
 
     # ---- general HAMs: relax with the hidden layer and the Dense weights sharded along the hidden axis
     relax = {}

@@ -164,6 +164,11 @@ def test_topk_exact_and_approximate_agree_sharded_and_report_recall(sharded):
         assert t["recall_approx_vs_exact"] == 1.0
 
 
+def test_blocked_softmax_with_an_overlapping_last_block_equals_one_device(sharded):
+    # 512 rows per device in blocks of 100: 6 blocks, the last one overlapping (rows masked)
+    assert all(v <= 1e-5 for v in sharded["blocked"].values()), sharded["blocked"]
+
+
 def test_bfloat16_patterns_accumulate_in_float32(sharded):
     bf16 = sharded["bf16"]
     assert bf16["dtype"] == "float32" and bf16["shard_dtype"] == "bfloat16"
@@ -180,6 +185,7 @@ def test_bad_sharded_input_is_refused_naming_the_argument(sharded):
     assert errs["other-mesh"].startswith("ValueError") and "queries are sharded over another mesh" in errs["other-mesh"]
     assert errs["dtypes"].startswith("TypeError") and "queries are float16" in errs["dtypes"]
     assert "patterns are sharded over another mesh" in errs["patterns-other-mesh"]
+    assert sharded["moved"]["same_mesh"] and sharded["moved"]["err"] <= 1e-5  # shard_memory moves it
 
 
 def test_relax_of_hams_sharded_along_the_hidden_axis_equals_one_device(sharded):

@@ -114,14 +114,15 @@ def _describe_mesh(mesh) -> str:
     return f"axes {dict(mesh.shape)}, devices {[d.id for d in mesh.devices.flat]}"
 
 
-def _mesh_of(caller: str, patterns, mesh, pattern_axis) -> tuple[Mesh, str]:
-    """The mesh and pattern axis: given, or read from the sharding the patterns carry."""
+def _mesh_of(caller: str, patterns, mesh, pattern_axis, move: bool = False) -> tuple[Mesh, str]:
+    """The mesh and pattern axis: given, or read from the sharding the patterns carry
+    (patterns on another mesh than the one given are an error unless ``move``)."""
     sharding = getattr(patterns, "sharding", None)
     carried = sharding.mesh if isinstance(sharding, NamedSharding) else None
     if mesh is not None:
         if not isinstance(mesh, Mesh):
             raise TypeError(f"{caller}: mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
-        if carried is not None and carried != mesh and len(carried.devices.flat) > 1:
+        if not move and carried is not None and carried != mesh and len(carried.devices.flat) > 1:
             raise ValueError(
                 f"{caller}: the patterns are sharded over another mesh ({_describe_mesh(carried)}) than mesh= "
                 f"({_describe_mesh(mesh)}); place them with ham.memories.shard_memory(memory, mesh) or pass that mesh."
@@ -167,7 +168,7 @@ def shard_memory(memory, mesh: Mesh, pattern_axis: str = "patterns", *, pad: boo
     axis, so [`ham.relax`][] runs sharded too.
     """
     _config(memory, "shard_memory")
-    mesh, axis = _mesh_of("shard_memory", memory.patterns, mesh, pattern_axis)
+    mesh, axis = _mesh_of("shard_memory", memory.patterns, mesh, pattern_axis, move=True)
     k, n = memory.patterns.shape[0], mesh.shape[axis]
     if k % n:
         if not pad:
@@ -247,8 +248,50 @@ def _global_top_k(cfg, s, axis):
     return best, jnp.take_along_axis(all_idx, pos, axis=-1), idx, gidx
 
 
+#: Rows of a block of the local patterns that the blocked softmax scores at a time (about
+#: this many numbers: the block, its scores and their exponentials stay in cache).
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _blocked_softmax(cfg, patterns, projection, active, queries, beta):
+    """This device's softmax partials $(m_d, Z_d, n_d)$, accumulated over blocks of its
+    patterns with the online (running-maximum) update, so neither a ``(batch, K_local)``
+    score matrix nor a float32 copy of half-precision patterns is formed."""
+    k_local, d = patterns.shape
+    proj = patterns if projection is None else projection
+    c = int(min(k_local, max(64, _BLOCK_ELEMENTS // max(d + queries.shape[0] + proj.shape[1], 1))))
+    blocks = -(-k_local // c)
+    b = queries.shape[0]
+    acc = _acc(proj.dtype)
+
+    def body(carry, i):
+        m, z, n = carry
+        start = jnp.minimum(i * c, k_local - c)  # the last block overlaps the one before: its old rows masked
+        block = jax.lax.dynamic_slice_in_dim(patterns, start, c, 0)
+        pblock = block if projection is None else jax.lax.dynamic_slice_in_dim(projection, start, c, 0)
+        keep = start + jnp.arange(c) >= i * c
+        if active is not None:
+            keep = keep & jax.lax.dynamic_slice_in_dim(active, start, c, 0)
+        a = jnp.where(keep, beta * _local_scores(cfg.similarity, block, queries), -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(a, axis=-1, keepdims=True))
+        shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        old = jnp.exp(m - shift)  # 0 while nothing was seen (m = -inf)
+        e = jnp.exp(a - shift)
+        pb = pblock.astype(acc) if pblock.dtype != acc else pblock  # one block at a time
+        return (m_new, old * z + jnp.sum(e, axis=-1, keepdims=True), old * n + e @ pb), None
+
+    init = (jnp.full((b, 1), -jnp.inf, acc), jnp.zeros((b, 1), acc), jnp.zeros((b, proj.shape[1]), acc))
+    (m, z, n), _ = jax.lax.scan(body, init, jnp.arange(blocks))
+    return m, z, n
+
+
 def _universal_retrieve(cfg, axis, patterns, projection, active, queries, beta, threshold):
     """One retrieval $P^\\top\\mathrm{sep}(\\mathrm{sim}(M, q))$ with per-device partials merged."""
+    if cfg.separation == "softmax" and not cfg.normalize:
+        m, z, n = _blocked_softmax(cfg, patterns, projection, active, queries, beta.astype(_acc(patterns.dtype)))
+        top = jax.lax.pmax(m, axis)
+        c = jnp.where(jnp.isfinite(m), jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - top), 0.0)
+        return jax.lax.psum(c * n, axis) / jax.lax.psum(c * z, axis)
     proj = patterns if projection is None else projection
     acc = _acc(proj.dtype)
     proj = proj.astype(acc) if proj.dtype != acc else proj
