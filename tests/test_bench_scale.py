@@ -45,8 +45,15 @@ def test_bytes_per_device_times_devices_is_the_whole_pattern_matrix(quick):
         assert r["bytes_total"] == r["K"] * r["dim"] * itemsize
         assert r["bytes_per_device"] * r["devices"] == r["bytes_total"]
         assert r["num_shards"] == r["devices"]
-        # scratch: the (batch, K/n) float32 scores and their exponentials, at least
-        assert r["temp_bytes_per_device"] >= 2 * 4 * r["batch"] * r["K"] // r["devices"]
+    # scratch: the softmax runs over blocks of patterns, so at the largest K no device holds a
+    # (batch, K/n) float32 score matrix (the unblocked merge needed two: scores and their
+    # exponentials). The measured program is jitted around the public call, whose traced
+    # finiteness check of the patterns costs one patterns-size copy (eager calls check
+    # eagerly): beyond that, less than one score matrix.
+    for r in data["results"]:
+        if r["K"] == max(bench_scale.QUICK_KS):
+            extra = r["temp_bytes_per_device"] - r["bytes_per_device"]
+            assert extra < 4 * r["batch"] * r["K"] // r["devices"], r
 
 
 def test_fit_and_largest_k_summaries(quick):
@@ -57,8 +64,8 @@ def test_fit_and_largest_k_summaries(quick):
     assert data["largest_K_run"] == max(bench_scale.QUICK_KS)
     for f in data["largest_K"]:
         assert f["largest_K_fit"] > f["largest_K_run"]
-        # patterns + the (batch, K/n) scores: more than the patterns alone, by XLA's count and by RSS
-        assert f["xla_bytes_per_pattern"] > f["pattern_bytes_per_pattern"]
+        # the patterns and the program's scratch: at least the patterns, by XLA's count
+        assert f["xla_bytes_per_pattern"] >= f["pattern_bytes_per_pattern"]
         assert f["measured_bytes_per_pattern"] is None or f["measured_bytes_per_pattern"] > 0
     assert bench_scale.markdown_table(data).count("\n") > len(bench_scale.QUICK_KS)
 

@@ -253,6 +253,16 @@ def _global_top_k(cfg, s, axis):
 _BLOCK_ELEMENTS = 1 << 18
 
 
+def _slice_rows(x, start, rows):
+    """``x[start:start + rows]``. Half-precision rows are sliced as their 16-bit patterns
+    (``bitcast_convert_type``): XLA's CPU backend otherwise upcasts the whole array to
+    float32 once, outside the loop, to slice it (a float32 copy of every pattern)."""
+    if jnp.dtype(x.dtype).itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+        return jax.lax.bitcast_convert_type(jax.lax.dynamic_slice_in_dim(bits, start, rows, 0), x.dtype)
+    return jax.lax.dynamic_slice_in_dim(x, start, rows, 0)
+
+
 def _blocked_softmax(cfg, patterns, projection, active, queries, beta):
     """This device's softmax partials $(m_d, Z_d, n_d)$, accumulated over blocks of its
     patterns with the online (running-maximum) update, so neither a ``(batch, K_local)``
@@ -267,8 +277,8 @@ def _blocked_softmax(cfg, patterns, projection, active, queries, beta):
     def body(carry, i):
         m, z, n = carry
         start = jnp.minimum(i * c, k_local - c)  # the last block overlaps the one before: its old rows masked
-        block = jax.lax.dynamic_slice_in_dim(patterns, start, c, 0)
-        pblock = block if projection is None else jax.lax.dynamic_slice_in_dim(projection, start, c, 0)
+        block = _slice_rows(patterns, start, c)
+        pblock = block if projection is None else _slice_rows(projection, start, c)
         keep = start + jnp.arange(c) >= i * c
         if active is not None:
             keep = keep & jax.lax.dynamic_slice_in_dim(active, start, c, 0)
