@@ -203,6 +203,10 @@ def main():
         "shard_dtype": str(M.shard_memory(mem16, mesh).patterns.addressable_shards[0].data.dtype),
         "rel_err_vs_f32": rel_err(r16, M.modern(patterns, beta=0.7).retrieve(queries)),
         "rel_err_vs_f32_same_inputs": rel_err(r16, rounded.retrieve(q16)),
+        "f16_vs_f32_same_inputs": rel_err(
+            M.sharded_retrieve(M.modern(patterns.astype(jnp.float16), beta=0.7), queries, mesh),
+            M.modern(patterns.astype(jnp.float16).astype(jnp.float32), beta=0.7).retrieve(
+                queries.astype(jnp.float16).astype(jnp.float32))),
         "dense_bf16_vs_f32": rel_err(
             M.sharded_retrieve(M.dense(jnp.sign(patterns).astype(jnp.bfloat16), 3), jnp.sign(queries), mesh, mode="sync"),
             M.dense(jnp.sign(patterns), 3).retrieve(jnp.sign(queries), mode="sync")),

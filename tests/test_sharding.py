@@ -177,6 +177,7 @@ def test_bfloat16_patterns_accumulate_in_float32(sharded):
     # original float32 data: bfloat16 keeps 8 significant bits (relative rounding 2^-9)
     assert bf16["rel_err_vs_f32"] <= 1e-2
     assert bf16["dense_bf16_vs_f32"] == 0.0  # ±1 patterns are exact in bfloat16
+    assert bf16["f16_vs_f32_same_inputs"] <= 1e-5  # float16 patterns: the same float32 accumulation
 
 
 def test_bad_sharded_input_is_refused_naming_the_argument(sharded):
