@@ -239,6 +239,59 @@ def energy_transformer() -> str:
     ])
 
 
+def energy_transformer_patches() -> str:
+    r = load("energy_transformer_patches.json")
+    cfg, data, ratios, target = r["config"], r["data"], r["ratios"], r["target"]
+    shape = "×".join(str(n) for n in data["image_shape"])
+    rows = [
+        ["Energy Transformer (paper dynamics)", f"{r['mse_et']:.5f}", f"{r['params_et']:,}",
+         f"{ratios['mse_et_over_mean_fill']:.3f}"],
+        [f"standard transformer (same width, {cfg['baseline_layers']} pre-LN block, trained the same way)",
+         f"{r['mse_baseline']:.5f}", f"{r['params_baseline']:,}", f"{ratios['mse_baseline_over_mean_fill']:.3f}"],
+        ["mean-patch fill (per-position mean of the training set)", f"{r['mse_mean_fill']:.5f}", "0", "1.00"],
+    ]
+    fills = r.get("mse_context_fills", {})
+    for name, what in (("visible_neighbour_mean_colour", "mean colour of the visible 4-neighbour patches"),
+                       ("visible_image_mean_colour", "mean colour of the image's visible patches")):
+        if name in fills:
+            rows.append([f"hand-made fill: {what}", f"{fills[name]:.5f}", "0",
+                         f"{fills[name] / r['mse_mean_fill']:.3f}"])
+    sweep = []
+    for run in r.get("sweep", {}).get("runs", []):
+        sweep.append([f"`{run['flags']}`" if run["flags"] else "(defaults)", run["epochs"], run["attention_window"] or "global",
+                      run["baseline_layers"], f"{run['mse_et']:.5f}", f"{run['mse_baseline']:.5f}",
+                      f"{run['mse_et'] / run['mse_baseline']:.3f}", f"{run['params_et'] / run['params_baseline']:.2f}"])
+    sweep_md = [] if not sweep else [
+        r["sweep"]["note"],
+        table(["flags after `--dataset patches`", "epochs", "attention window", "baseline blocks", "ET MSE", "transformer MSE",
+               "MSE ratio", "parameter ratio"], sweep),
+    ]
+    best = r.get("sweep", {}).get("best_baseline")
+    if best:
+        sweep_md.append(
+            "This run's ET against the best baseline of the full-length runs: of one block (`"
+            f"{best['one_block']['flags'] or '(defaults)'}`), MSE ratio {best['one_block']['mse_et_over_baseline']:.3f} "
+            f"at {best['one_block']['params_et_over_baseline']:.2f}× its parameters; of any depth (`"
+            f"{best['any']['flags'] or '(defaults)'}`), MSE ratio {best['any']['mse_et_over_baseline']:.3f} at "
+            f"{best['any']['params_et_over_baseline']:.2f}× its parameters.")
+    return "\n\n".join([
+        f"Data: `{data['dataset']}`, {shape} images, {cfg['patch']}×{cfg['patch']} patches ({data['tokens']} "
+        f"tokens of {data['patch_dim']} values, {data['masked_tokens']} masked), {data['train_images']} training / "
+        f"{data['test_images']} held-out images; width {cfg['dim']}, {cfg['heads']} heads of {cfg['head_dim']}, "
+        f"{cfg['memories']} memories, attention "
+        f"{'global' if not cfg.get('attention_window') else 'between patches at most %d apart (both models)' % cfg['attention_window']}, "
+        f"{cfg['epochs']} epochs, learning rate {cfg['lr']:g}; inference "
+        f"`{cfg['inference']}` with α = {cfg['step_size']}, T = {cfg['steps']}; seed {cfg['seed']}.",
+        table(["model", "masked-patch MSE (held out)", "parameters", "MSE / mean fill"], rows),
+        f"ET / transformer: MSE ratio {ratios['mse_et_over_baseline']:.3f}, parameter ratio "
+        f"{ratios['params_et_over_baseline']:.3f}. Target ({target['description']}): "
+        f"{'met' if target['met'] else 'NOT met'}. Energy never rose along any inference trajectory on "
+        f"held-out images: {'yes' if r['energy_monotone'] else 'NO'} (largest relative step-to-step change "
+        f"{r['max_energy_rise']:.2g}).",
+        *sweep_md,
+    ])
+
+
 def bench_retrieval() -> str:
     r = load("bench_retrieval.json")
     rows = []
@@ -283,6 +336,7 @@ RENDERERS = {
     "uhn": uhn,
     "dam_classifier": dam_classifier,
     "energy_transformer": energy_transformer,
+    "energy_transformer_patches": energy_transformer_patches,
     "bench_retrieval": bench_retrieval,
     "bench_relax": bench_relax,
 }

@@ -176,6 +176,8 @@ def test_experiment_tables_come_from_the_results_files(site):
     assert f"{classical['alpha_c'][0]:.3f}" in text
     et = json.loads((ROOT / "experiments/results/energy_transformer.json").read_text())
     assert f"{et['mse_et']:.4f}" in text
+    patches = json.loads((ROOT / "experiments/results/energy_transformer_patches.json").read_text())
+    assert f"{patches['mse_et']:.5f}" in text and f"{patches['mse_baseline']:.5f}" in text
     for figure in ("classical.png", "dense.png", "uhn.png", "dam_classifier.png"):
         assert (site_dir / "experiments" / "results" / figure).exists(), f"figure {figure} not in the site"
 
