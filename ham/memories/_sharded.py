@@ -561,6 +561,14 @@ def _prepare(caller, memory, queries, mesh, pattern_axis, data_axis, name="queri
     return cfg, mesh, axis, args, single
 
 
+def _run(what, cfg, mesh, axis, data_axis, args, keys):
+    """The compiled program for ``what`` ("retrieve" or "energy") on the placed arguments."""
+    keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec(data_axis, None)))
+    program = _program(what, cfg, mesh, axis, data_axis, args["projection"] is not None, args["active"] is not None)
+    return program(args["patterns"], args["projection"], args["active"], args["queries"], args["beta"],
+                   args["threshold"], keys)
+
+
 def _checked(caller, out, hint):
     # The overflow check runs on the returned array, outside the compiled program, on the
     # parts this process holds (never gathering the rest); under an outer ``jit`` (a
@@ -639,11 +647,7 @@ def sharded_retrieve(
                 split = jax.random.key_data(split)
             keys = split
             cfg = cfg._replace(random_order=True)
-    keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec(data_axis, None)))
-    program = _program("retrieve", cfg, mesh, axis, data_axis, args["projection"] is not None,
-                       args["active"] is not None)
-    out = program(args["patterns"], args["projection"], args["active"], args["queries"], args["beta"],
-                  args["threshold"], keys)
+    out = _run("retrieve", cfg, mesh, axis, data_axis, args, keys)
     out = _checked(caller, out, "the scores overflow the dtype; lower beta or rescale the patterns or queries")
     return out[0] if single else out
 
@@ -663,11 +667,6 @@ def sharded_energy(
     if isinstance(memory, UniversalHopfield) and not memory.has_energy:
         memory.energy(jnp.zeros((memory.dim,), memory.patterns.dtype))  # raises its own clear error
     cfg, mesh, axis, args, single = _prepare(caller, memory, states, mesh, pattern_axis, data_axis, "states")
-    keys = jax.device_put(jnp.zeros((args["queries"].shape[0], 2), jnp.uint32),
-                          NamedSharding(mesh, PartitionSpec(data_axis, None)))
-    program = _program("energy", cfg, mesh, axis, data_axis, args["projection"] is not None,
-                       args["active"] is not None)
-    out = program(args["patterns"], args["projection"], args["active"], args["queries"], args["beta"],
-                  args["threshold"], keys)
+    out = _run("energy", cfg, mesh, axis, data_axis, args, jnp.zeros((args["queries"].shape[0], 2), jnp.uint32))
     out = _checked(caller, out, "the energy overflows the dtype for these states")
     return out[0] if single else out
