@@ -27,7 +27,7 @@ from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Dense
 from .. import _checks as checks
 from ._common import (
-    as_active, as_patterns, as_queries, binarize, check_active, check_pm1, check_positive, is_concrete, per_state,
+    active_rows, as_active, as_patterns, as_queries, binarize, check_active, check_pm1, check_positive, per_state,
 )
 
 __all__ = ["ClassicalHopfield", "DenseAssociativeMemory", "ExponentialAssociativeMemory",
@@ -387,7 +387,7 @@ class DenseAssociativeMemory(_BinaryMemory):
             return None
         from ._krotov_hopfield import krotov_hopfield_2021
 
-        p = _active_patterns("dense", self.patterns, self.active)
+        p = active_rows("dense.network", self.patterns, self.active)
         return krotov_hopfield_2021(p, model="A", n=self.n, rectified=self.rectified).network
 
 
@@ -447,22 +447,13 @@ class ExponentialAssociativeMemory(_BinaryMemory):
         """Model A of [`ham.memories.krotov_hopfield_2021`][] with the exponential interaction."""
         from ._krotov_hopfield import krotov_hopfield_2021
 
-        p = _active_patterns("exponential", self.patterns, self.active)
+        p = active_rows("exponential.network", self.patterns, self.active)
         return krotov_hopfield_2021(p, model="A", interaction="exponential", beta=self.beta).network
 
 
 def _masked(active, values, fill):
     """``values`` where the pattern is active, ``fill`` for the inactive (padding) ones."""
     return values if active is None else jnp.where(active, values, fill)
-
-
-def _active_patterns(model, patterns, active):
-    """The active rows of ``patterns`` (the mask must be concrete)."""
-    if active is None:
-        return patterns
-    if not is_concrete(active):
-        raise ValueError(f"{model}.network: the active mask must be concrete (not traced) to build the network.")
-    return patterns[np.asarray(active)]
 
 
 def dense(
@@ -480,7 +471,7 @@ def dense(
             n = int(n)
         else:
             raise ValueError(f"dense: the interaction power n must be an integer >= 2, got {n!r}.")
-    return DenseAssociativeMemory(patterns=p, n=n, rectified=bool(rectified), active=as_active("dense", active, p.shape[0]))
+    return DenseAssociativeMemory(patterns=p, n=n, rectified=bool(rectified), active=as_active("dense", active))
 
 
 def exponential(
@@ -491,4 +482,4 @@ def exponential(
     ``patterns``. Non-±1 patterns raise unless ``binarize=True``; ``active`` as in
     [`dense`][]."""
     p = _binary_patterns("exponential", as_patterns("exponential", patterns), binarize)
-    return ExponentialAssociativeMemory(patterns=p, beta=beta, active=as_active("exponential", active, p.shape[0]))
+    return ExponentialAssociativeMemory(patterns=p, beta=beta, active=as_active("exponential", active))

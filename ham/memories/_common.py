@@ -26,16 +26,26 @@ def as_patterns(model: str, patterns, name: str = "patterns") -> Array:
     return checks.finite(model, name, p)
 
 
-def as_active(model: str, active, num_patterns: int):
-    """The active-pattern mask as a boolean ``(num_patterns,)`` array (``None`` stays
-    ``None``: every pattern active), or a clear error."""
+def as_active(model: str, active):
+    """The active-pattern mask as a boolean array (``None`` stays ``None``: every pattern
+    active), or a TypeError; its shape and values are checked by ``check_active`` in
+    the memory's ``__check_init__``."""
     if active is None:
         return None
     a = active if isinstance(active, jax.Array) else jnp.asarray(np.asarray(active))
     if a.dtype != jnp.bool_:
         raise TypeError(f"{model}: active must be a boolean mask over the stored patterns, got dtype {a.dtype}.")
-    check_active(model, a, num_patterns)
     return a
+
+
+def active_rows(caller: str, patterns, active):
+    """The active rows of ``patterns`` (all of them when ``active`` is ``None``); the mask
+    must be concrete (boolean indexing has a data-dependent shape)."""
+    if active is None:
+        return patterns
+    if not is_concrete(active):
+        raise ValueError(f"{caller}: the active mask must be concrete (not traced) here.")
+    return patterns[np.asarray(active)]
 
 
 def check_active(model: str, active, num_patterns: int) -> None:

@@ -8,7 +8,6 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Scalar
 
 from .. import lagrangians
@@ -17,7 +16,9 @@ from ..network import HAM
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
-from ._common import as_active, as_patterns, as_queries, check_active, check_positive, fast_method, is_concrete, per_state
+from ._common import (
+    active_rows, as_active, as_patterns, as_queries, check_active, check_positive, fast_method, per_state,
+)
 
 __all__ = ["ModernHopfield", "modern"]
 
@@ -131,10 +132,8 @@ class ModernHopfield(eqx.Module):
 
     def _active_only(self, caller: str) -> "ModernHopfield":
         """The same memory holding only its active patterns, without a mask."""
-        if not is_concrete(self.active):
-            raise ValueError(f"modern.{caller}: the active mask must be concrete (not traced) here.")
-        keep = np.asarray(self.active)
-        return ModernHopfield(patterns=self.patterns[keep], beta=self.beta, hidden_tau=self.hidden_tau)
+        patterns = active_rows(f"modern.{caller}", self.patterns, self.active)
+        return ModernHopfield(patterns=patterns, beta=self.beta, hidden_tau=self.hidden_tau)
 
     @property
     def network(self) -> HAM:
@@ -171,4 +170,4 @@ def modern(
     ``active`` an optional boolean mask of the patterns that take part (padding rows
     are ``False``)."""
     p = as_patterns("modern", patterns)
-    return ModernHopfield(patterns=p, beta=beta, hidden_tau=hidden_tau, active=as_active("modern", active, p.shape[0]))
+    return ModernHopfield(patterns=p, beta=beta, hidden_tau=hidden_tau, active=as_active("modern", active))

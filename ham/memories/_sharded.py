@@ -30,7 +30,6 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
@@ -88,8 +87,6 @@ def _config(memory, caller: str) -> tuple[_Config, dict]:
                 f"(reductions over the stored patterns that merge across devices); got {sep!r}. A callable "
                 "separation may couple all the scores, so it cannot be split over devices."
             )
-        if memory.normalize and sep in ("softmax", "max", "topk"):
-            pass  # the weights already sum to one after these separations; the sum before is merged
         cfg = _Config(
             "universal", similarity=memory.similarity, separation=sep, n=memory.n, normalize=memory.normalize,
             k=memory.k, approximate=memory.approximate, recall_target=memory.recall_target,
@@ -227,11 +224,23 @@ def _lse_parts(a):
     return m, shift, jnp.exp(a - shift)
 
 
+def _rescale(m, axis):
+    """The global maximum of the devices' local maxima ``m`` and each device's factor
+    $c_d = e^{m_d - m}$ (0 for a device whose entries are all ``-inf``)."""
+    top = jax.lax.pmax(m, axis)
+    return top, jnp.where(jnp.isfinite(m), jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - top), 0.0)
+
+
+def _merged_softmax(m, z, n, axis):
+    r"""$\sum_d c_d n_d / \sum_d c_d Z_d$ from each device's softmax partials."""
+    c = _rescale(m, axis)[1]
+    return jax.lax.psum(c * n, axis) / jax.lax.psum(c * z, axis)
+
+
 def _merged_lse(a, axis):
     """log-sum-exp over the last axis of ``a`` across the devices of ``axis``."""
-    m, shift, e = _lse_parts(a)
-    top = jax.lax.pmax(m, axis)
-    c = jnp.where(jnp.isfinite(m), jnp.exp(shift - top), 0.0)
+    m, _, e = _lse_parts(a)
+    top, c = _rescale(m, axis)
     return (top + jnp.log(jax.lax.psum(c * jnp.sum(e, axis=-1, keepdims=True), axis)))[..., 0]
 
 
@@ -299,9 +308,7 @@ def _universal_retrieve(cfg, axis, patterns, projection, active, queries, beta, 
     """One retrieval $P^\\top\\mathrm{sep}(\\mathrm{sim}(M, q))$ with per-device partials merged."""
     if cfg.separation == "softmax" and not cfg.normalize:
         m, z, n = _blocked_softmax(cfg, patterns, projection, active, queries, beta.astype(_acc(patterns.dtype)))
-        top = jax.lax.pmax(m, axis)
-        c = jnp.where(jnp.isfinite(m), jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - top), 0.0)
-        return jax.lax.psum(c * n, axis) / jax.lax.psum(c * z, axis)
+        return _merged_softmax(m, z, n, axis)
     proj = patterns if projection is None else projection
     acc = _acc(proj.dtype)
     proj = proj.astype(acc) if proj.dtype != acc else proj
@@ -314,10 +321,8 @@ def _universal_retrieve(cfg, axis, patterns, projection, active, queries, beta, 
     ninf = -jnp.inf
     if cfg.separation == "softmax":
         a = beta * (s if active is None else jnp.where(active, s, ninf))
-        m, shift, e = _lse_parts(a)
-        top = jax.lax.pmax(m, axis)
-        c = jnp.where(jnp.isfinite(m), jnp.exp(shift - top), 0.0)
-        return jax.lax.psum(c * (e @ proj), axis) / jax.lax.psum(c * jnp.sum(e, axis=-1, keepdims=True), axis)
+        m, _, e = _lse_parts(a)
+        return _merged_softmax(m, jnp.sum(e, axis=-1, keepdims=True), e @ proj, axis)
     if cfg.separation == "max":
         s = s if active is None else jnp.where(active, s, ninf)
         k_local = s.shape[-1]
@@ -409,13 +414,7 @@ def _merge_binary(cfg, axis, first, second):
     """Global scores from the per-device partials (sums, or log-sum-exps merged stably)."""
     if cfg.kind == "dense":
         return jax.lax.psum(first, axis)
-
-    def lse(x):
-        top = jax.lax.pmax(x, axis)
-        safe = jnp.where(jnp.isfinite(top), top, 0.0)
-        return safe + jnp.log(jax.lax.psum(jnp.exp(x - safe), axis))
-
-    return lse(first) - lse(second)
+    return _merged_lse(first[..., None], axis) - _merged_lse(second[..., None], axis)
 
 
 def _binary_retrieve(cfg, axis, data_axis, patterns, active, queries, beta, keys):

@@ -370,5 +370,5 @@ def universal(
         patterns=p, projection=proj, similarity=similarity, separation=separation, beta=beta, n=n,
         threshold=threshold, normalize=bool(normalize), auto=auto,
         k=checks.integer("universal", "k", k), approximate=bool(approximate),
-        recall_target=float(recall_target), active=as_active("universal", active, p.shape[0]),
+        recall_target=float(recall_target), active=as_active("universal", active),
     )
