@@ -41,14 +41,25 @@ __all__ = ["ExponentialEuler", "Monitored"]
 
 class Monitored(eqx.Module):
     """The state an [`ham.ExponentialEuler`][] solve carries: the HAM states ``x`` and,
-    for the current ``x``, its ``energy`` and per-layer ``speed`` $\\|\\dot x_A\\|$ (the
-    steady-state event and the energy trace read them, so neither costs an extra
-    vector-field evaluation)."""
+    for the current ``x``, its ``energy``, per-layer ``speed`` $\\|\\dot x_A\\|$ and
+    ``distance``, an estimate of $\\|x_A - x^*_A\\|$ to the fixed point the steps
+    converge to (the steady-state event and the energy trace read them, so none costs an
+    extra vector-field evaluation).
+
+    The distance is the classical stopping estimate of a contracting fixed-point
+    iteration (e.g. Hairer & Wanner, *Solving ODEs II*, §IV.8): with $\\rho$ the observed
+    contraction of the residual over the last step, $\\|x_n - x^*\\| \\le
+    \\|x_{n+1}-x_n\\|/(1-\\rho)$, the next displacement being $\\phi_A(h)\\|\\dot x_A\\|$.
+    A small residual alone is not enough: along a slow mode (rate $\\lambda \\ll
+    1/\\tau$) the state is still $\\|\\dot x\\|/\\lambda$ away. It is infinite until a
+    step has been taken and while the residual does not contract.
+    """
 
     x: dict[str, Array]
     energy: Array
     speed: dict[str, Array]
     energy_scale: Array
+    distance: dict[str, Array]
 
 
 def _phi(h, tau, leak: bool):
@@ -103,14 +114,31 @@ def evaluate(net, xs):
 
 def monitored(net, xs) -> Monitored:
     energy, _, speed, scale = evaluate(net, xs)
-    return Monitored(xs, energy, speed, scale)
+    inf = {k: jnp.where(v == 0, 0.0, jnp.inf).astype(v.dtype) for k, v in speed.items()}
+    return Monitored(xs, energy, speed, scale, inf)
+
+
+def _distance(h, net, speed0, speed1, moving) -> dict[str, Array]:
+    """Per-layer estimate of the distance to the fixed point after a step (``Monitored``)."""
+    def ratio(s0, s1):  # residual contraction over the step; 0/0 = 0 (at rest), s/0 = inf
+        return jnp.where(s0 > 0, s1 / jnp.where(s0 > 0, s0, 1.0), jnp.where(s1 > 0, jnp.inf, 0.0))
+
+    ratios = [ratio(speed0[k], speed1[k]) for k in moving]
+    rho = jnp.max(jnp.stack(ratios)) if ratios else jnp.zeros(())
+    out = {}
+    for k, layer in net.layers.items():
+        disp = jnp.abs(_phi(h, layer.tau, layer.legendre)) * speed1[k]
+        d = jnp.where(rho < 1, disp / jnp.where(rho < 1, 1 - rho, 1.0), jnp.inf)
+        out[k] = jnp.where(speed1[k] == 0, 0.0, d).astype(speed1[k].dtype)
+    return out
 
 
 def monitored_vector_field(net, y: Monitored) -> Monitored:
     """dx/dt for the states, 0 for the monitors (they are recomputed, not integrated)."""
     _, dx, _, _ = evaluate(net, y.x)
     zero = jnp.zeros_like(y.energy)
-    return Monitored(dx, zero, jax.tree_util.tree_map(jnp.zeros_like, y.speed), zero)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, y.speed)
+    return Monitored(dx, zero, zeros, zero, zeros)
 
 
 class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
@@ -179,9 +207,10 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
         rose = e1 > y0.energy + slack
         bad = rose | ~jnp.isfinite(e1)
         err = {k: jnp.where(bad, jnp.inf, v) for k, v in err.items()}
-        y1 = Monitored(x, e1, speed1, scale1)
+        y1 = Monitored(x, e1, speed1, scale1, _distance(h, net, y0.speed, speed1, list(used)))
         zero = jnp.zeros_like(e1)
-        y_error = Monitored(err, zero, jax.tree_util.tree_map(jnp.zeros_like, speed1), zero)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, speed1)
+        y_error = Monitored(err, zero, zeros, zero, zeros)
         dense_info = dict(y0=y0, y1=y1)
         return y1, y_error, dense_info, dx1, diffrax.RESULTS.successful
 
