@@ -290,6 +290,60 @@ def run_case(name, dtype, batch, repeats, seed=0):
     return out
 
 
+EULER_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+RELAX_RTOLS = (1.0, 1e-1, 1e-2, 1e-3)
+
+
+def fidelity_case(name, dtype, batch, seed=0):
+    """How much work following the trajectory costs on one case: for Euler at dt = min τ × f
+    (batch as one state, ``EULER_FRACTIONS``) and ham.relax at controller rtol
+    (``RELAX_RTOLS``, atol = rtol / 100), the evaluations (slowest query) and the fractions of
+    queries at the reference's fixed point / retrieval; and the reference against itself at
+    100× tighter tolerances (``reference_self``: below 1 when the trajectory's end is
+    sensitive at the reference's own accuracy)."""
+    case = build(name, dtype, batch, jax.random.PRNGKey(seed))
+    tol = ham.default_tolerances(dtype)
+    ref_net, ref = reference(case)
+    tight = ham.relax(ref_net, jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), case.xs0),
+                      solver=diffrax.Tsit5(), rtol=1e-10, atol=1e-12, event_rtol=1e-8, event_atol=1e-10,
+                      max_steps=40000)
+    self_fp, _, self_ret = compare(case, tight.states, ref_net, ref.states, tol)
+    rows = []
+    dt = _min_tau(case.net)
+    for f in EULER_FRACTIONS:
+        xs, n, ok = euler(case.net, case.xs0, dt * f, tol["event_rtol"], tol["event_atol"])
+        fp, _, ret = compare(case, xs, ref_net, ref.states, tol)
+        rows.append({"method": f"euler dt={f:g} min tau", "evals": float(n) + 1.0, "converged": bool(jnp.all(ok)),
+                     "same_fixed_point": fp, "same_retrieval": ret})
+    for r in RELAX_RTOLS:
+        sol = ham.relax(case.net, case.xs0, rtol=r, atol=r / 100)
+        fp, _, ret = compare(case, sol.states, ref_net, ref.states, tol)
+        rows.append({"method": f"ham.relax rtol={r:g}", "evals": float(jnp.max(sol.num_evaluations)),
+                     "mean_evals": float(jnp.mean(sol.num_evaluations)), "converged": bool(jnp.all(sol.converged)),
+                     "same_fixed_point": fp, "same_retrieval": ret})
+    euler_evals = rows[0]["evals"]
+    good = [x for x in rows if x["same_fixed_point"] >= 0.99 and x["converged"]]
+    cheapest = min(good, key=lambda x: x["evals"]) if good else None
+    return {"case": name, "dtype": jnp.dtype(dtype).name, "batch": batch,
+            "reference_self_same_fixed_point": self_fp, "reference_self_same_retrieval": self_ret,
+            "methods": rows, "cheapest_99": None if cheapest is None else cheapest["method"],
+            "cheapest_99_evals_vs_euler": None if cheapest is None else cheapest["evals"] / euler_evals}
+
+
+def fidelity_table(rows) -> str:
+    """Markdown: per case, the cheapest method at the reference's fixed point for ≥ 99 % of queries."""
+    lines = ["| case | dtype | reference vs 100× tighter | Euler dt=min τ: evals, same fixed point | "
+             "ham.relax default: evals, same fixed point | cheapest at ≥ 99 % same fixed point (evals / Euler's) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        m = {x["method"]: x for x in r["methods"]}
+        e, d = m["euler dt=1 min tau"], m["ham.relax rtol=1"]
+        best = "none tried" if r["cheapest_99"] is None else f"{r['cheapest_99']} ({r['cheapest_99_evals_vs_euler']:.2f}×)"
+        lines.append(f"| {r['case']} | {r['dtype']} | {r['reference_self_same_fixed_point']:.2f} | "
+                     f"{e['evals']:.0f}, {e['same_fixed_point']:.2f} | {d['evals']:.0f}, {d['same_fixed_point']:.2f} | {best} |")
+    return "\n".join(lines)
+
+
 def figure(rows, path):
     import matplotlib
 
@@ -367,6 +421,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="what following the trajectory costs: Euler at dt = min tau x 1, 1/2, 1/4, 1/8 and ham.relax "
+                    "at rtol 1 .. 1e-3 against the reference (writes bench_relax_fidelity.json)")
     ap.add_argument("--compile", action="store_true",
                     help="only measure ham.relax's first-call compile time per case, each in a fresh process "
                     "(writes bench_relax_compile.json)")
@@ -374,6 +431,10 @@ def main(argv=None):
     if args.table:
         rows = (read_json(results_dir(args.out) / "bench_relax.json", {}) or {}).get("results", [])
         print(markdown_table(rows))
+        fid = (read_json(results_dir(args.out) / "bench_relax_fidelity.json", {}) or {}).get("results", [])
+        if fid:
+            print()
+            print(fidelity_table(fid))
         return rows
     old_x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)  # float64 cases and the reference
@@ -395,6 +456,8 @@ def _run(args, ap):
     if unknown:
         ap.error(f"unknown case(s) {unknown}; known: {list(CASE_NAMES)}")
     batch = args.batch or (4 if args.smoke else 64 if args.quick else 256)
+    if args.fidelity:
+        return _fidelity(args, cases, batch)
     repeats = args.repeats or (1 if args.smoke else 5)
     out_dir = results_dir(args.out)
     path = out_dir / ("bench_relax_smoke.json" if args.smoke else "bench_relax.json")
@@ -414,6 +477,24 @@ def _run(args, ap):
         rows.append(row)
         print(json.dumps(row), flush=True)
     figure(rows, path.with_suffix(".png"))
+    return rows
+
+
+def _fidelity(args, cases, batch):
+    from tqdm import tqdm
+
+    path = results_dir(args.out) / ("bench_relax_fidelity_smoke.json" if args.smoke else "bench_relax_fidelity.json")
+    done = {(r["case"], r["dtype"], r["batch"]): r for r in (read_json(path, {}) or {}).get("results", [])}
+    rows = []
+    for c, d in tqdm([(c, d) for c in cases for d in args.dtypes], desc="fidelity", disable=args.smoke):
+        row = done.get((c, d, batch)) if not args.smoke else None
+        if row is None:  # resume: finished cases are kept
+            row = fidelity_case(c, jnp.dtype(d), batch)
+            done[(c, d, batch)] = row
+            write_json(path, {"results": list(done.values()), "platform": platform.platform(), "jax": jax.__version__})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(fidelity_table(rows))
     return rows
 
 

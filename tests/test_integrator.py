@@ -100,6 +100,40 @@ def test_steady_state_is_judged_per_layer(x64):
     assert bool(sol.converged) and abs(float(sol.states["small"][0])) < 2e-4
 
 
+def _slow_linear_net(slow_rate=0.02, n=8, seed=0):
+    """ẋ = A x + c with A = -I + W symmetric: one slow mode (rate ``slow_rate``), the others ~1."""
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(seed), (n, n)))
+    lam = jnp.concatenate([jnp.array([1.0 - slow_rate]), jnp.linspace(-0.5, 0.5, n - 1)])
+    w = (q * lam) @ q.T
+    b = jax.random.normal(jax.random.PRNGKey(seed + 1), (n,))
+
+    def net_for(weight):
+        return ham.HAM(layers={"v": ham.Layer(L.identity, (n,))},
+                       synapses={"w": ham.synapses.Dense(weight), "b": ham.synapses.Bias(b)},
+                       connections={"w": ("v",), "b": ("v",)})
+
+    # the synapse's convention for a self-coupling (force W g or 2 W g) is read off its Jacobian
+    scale = jax.jacfwd(lambda x: net_for(w).vector_field(0.0, {"v": x})["v"])(jnp.zeros(n)) + jnp.eye(n)
+    return net_for(w * (w[0, 0] / scale[0, 0]))
+
+
+def test_stops_within_tolerance_of_the_fixed_point_along_a_slow_mode(x64):
+    # A residual |ẋ| <= tol leaves the state |ẋ| / rate = 50 tol away along a mode of rate
+    # 0.02: the stop rule also asks the estimated distance to the fixed point to be within tol.
+    net = _slow_linear_net()
+    f = lambda x: net.vector_field(0.0, {"v": x})["v"]  # noqa: E731
+    a = jax.jacfwd(f)(jnp.zeros(8))
+    assert float(jnp.max(jnp.linalg.eigvalsh(a))) == pytest.approx(-0.02, rel=1e-6)
+    x_star = -jnp.linalg.solve(a, f(jnp.zeros(8)))  # exact fixed point of the linear field
+    tol = ham.default_tolerances(jnp.float64)
+    for x0 in (jnp.zeros(8), x_star + jnp.linspace(-3.0, 3.0, 8)):
+        sol = ham.relax(net, {"v": x0})
+        assert bool(sol.converged), sol.reason
+        err = float(jnp.linalg.norm(sol.states["v"] - x_star))
+        assert err <= 2 * (tol["event_atol"] + tol["event_rtol"] * float(jnp.linalg.norm(x_star))), err
+        ham.lyapunov.check(sol)
+
+
 def test_layers_without_leak_take_energy_checked_euler_steps():
     # legendre=False (the ET paper's energy): no leak, so the step is explicit Euler,
     # accepted only downhill. Layer norm is scale invariant, so x may drift outwards
@@ -188,6 +222,22 @@ def test_bench_relax_smoke(tmp_path):
         assert field in row
     assert row["converged"] and row["energy_never_rose"] and row["same_retrieval"] == 1.0
     assert (tmp_path / "bench_relax_smoke.json").exists() and (tmp_path / "bench_relax_smoke.png").exists()
+
+
+def test_bench_relax_fidelity_smoke(tmp_path):
+    from experiments import bench_relax
+
+    argv = ["--smoke", "--fidelity", "--cases", "modern_1000x64", "--dtypes", "float32", "--out", str(tmp_path)]
+    (row,) = bench_relax.main(argv)
+    methods = {m["method"]: m for m in row["methods"]}
+    assert set(methods) == {f"euler dt={f:g} min tau" for f in bench_relax.EULER_FRACTIONS} | {
+        f"ham.relax rtol={r:g}" for r in bench_relax.RELAX_RTOLS}
+    assert row["reference_self_same_fixed_point"] == 1.0
+    # tighter tolerances cost more evaluations; the modern net's fixed points are well separated
+    evals = [methods[f"ham.relax rtol={r:g}"]["evals"] for r in bench_relax.RELAX_RTOLS]
+    assert evals == sorted(evals) and methods["ham.relax rtol=1"]["same_fixed_point"] == 1.0
+    assert row["cheapest_99"] is not None
+    assert (tmp_path / "bench_relax_fidelity_smoke.json").exists()
 
 
 def _clamped_loss(w, x_in, adjoint):
