@@ -33,6 +33,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from diffrax import AbstractTerm, LocalLinearInterpolation
 from jaxtyping import Array
 
@@ -94,9 +95,9 @@ def sweep_order(net) -> tuple[str, ...] | None:
     """Layers from slowest to fastest time constant, when the taus are concrete (the
     fastest layers, updated last, then sit at their equilibrium given the slow ones);
     ``None`` (the network's own order) when a tau is traced."""
-    try:
-        taus = {k: float(jnp.max(jnp.asarray(layer.tau))) for k, layer in net.layers.items()}
-    except (jax.errors.ConcretizationTypeError, TypeError):
+    try:  # numpy, not jnp: no device computation per call for concrete taus
+        taus = {k: float(np.max(np.asarray(layer.tau))) for k, layer in net.layers.items()}
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
         return None
     return tuple(sorted(taus, key=lambda k: -taus[k]))
 

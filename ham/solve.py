@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -213,9 +214,27 @@ def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str,
     return kw
 
 
+@functools.lru_cache(maxsize=64)
+def _default_solver(layer_order: tuple[str, ...] | None) -> ExponentialEuler:
+    return ExponentialEuler(layer_order=layer_order)
+
+
+@functools.lru_cache(maxsize=64)
+def _exponential_controller(rtol: float, atol: float, factormax: float, dtmax: float) -> diffrax.PIDController:
+    """The step-size controller of ``ExponentialEuler`` (built once per setting: the
+    modules are immutable, and building them costs more than a small solve's dispatch)."""
+    return diffrax.PIDController(rtol=rtol, atol=atol, norm=_monitored_rms, pcoeff=0.0, icoeff=1.0,
+                                 factormax=factormax, factormin=0.25, safety=0.9, dtmax=dtmax)
+
+
 def _solver_number(name: str, value, *, low: float = 0.0, **kw) -> float:
     """A solver setting of ``ham.relax``, checked by ``_checks.param`` (> ``low``,
     finite unless ``allow_inf``); a Python float, since it configures the (static) solver."""
+    if type(value) in (int, float):  # the common case, without the general checker's cost
+        v = float(value)
+        above = v >= low if kw.get("inclusive") else v > low
+        if above and (math.isfinite(v) or (kw.get("allow_inf") and v == math.inf)):
+            return v
     if checks.is_traced(value):
         raise TypeError(f"ham.relax: {name} must be a Python number (it configures the solver), got a traced array.")
     return float(checks.param("ham.relax", name, value, low=low, **kw))
@@ -303,7 +322,7 @@ def relax(
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.zeros(()).dtype
         xs0 = {k: v.astype(dtype) for k, v in xs0.items()}
-    solver = ExponentialEuler(layer_order=sweep_order(net)) if solver is None else solver
+    solver = _default_solver(sweep_order(net)) if solver is None else solver
     tol = default_tolerances(dtype, solver, accurate=math.isfinite(t1) if isinstance(t1, (int, float)) else False)
     rtol = tol["rtol"] if rtol is None else rtol
     atol = tol["atol"] if atol is None else atol
@@ -324,10 +343,7 @@ def relax(
     if isinstance(solver, ExponentialEuler):
         if dtmax is None:  # beyond ~10 tau the step is the discrete update; the cap only bounds t
             dtmax = 100.0 * _max_finite_tau(net)
-        controller = diffrax.PIDController(
-            rtol=rtol, atol=atol, norm=_monitored_rms, pcoeff=0.0, icoeff=1.0,
-            factormax=factormax, factormin=0.25, safety=0.9, dtmax=dtmax,
-        )
+        controller = _exponential_controller(rtol, atol, factormax, dtmax)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_tree_norm)
     if adjoint is None:
