@@ -18,6 +18,7 @@ checks of parameters and of the data given to constructors stay on.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Callable
@@ -93,6 +94,10 @@ def param(
     r"""Validate a real parameter: finite (``+inf`` allowed when ``allow_inf``), above ``low``
     (or equal when ``inclusive``), of one of ``shapes`` (``None``: any shape). Returns the
     value (wrapped with ``eqx.error_if`` when traced; unchanged otherwise)."""
+    if type(value) in (int, float) and (shapes is None or () in shapes):  # the common case, cheaply
+        above = value >= low if inclusive else value > low
+        if above and (math.isfinite(value) or (allow_inf and value == math.inf)):
+            return value
     value = _as_numeric(owner, name, value)
     shape = tuple(np.shape(value)) if not is_traced(value) else tuple(value.shape)
     if shapes is not None and shape not in shapes:

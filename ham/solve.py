@@ -210,7 +210,7 @@ def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str,
     order is known; ``fallback_order`` is used when they are traced."""
     kw = dict(relax_kwargs)
     if kw.get("solver") is None:
-        kw["solver"] = ExponentialEuler(layer_order=sweep_order(net) or fallback_order)
+        kw["solver"] = _default_solver(sweep_order(net) or fallback_order)
     return kw
 
 
@@ -230,11 +230,6 @@ def _exponential_controller(rtol: float, atol: float, factormax: float, dtmax: f
 def _solver_number(name: str, value, *, low: float = 0.0, **kw) -> float:
     """A solver setting of ``ham.relax``, checked by ``_checks.param`` (> ``low``,
     finite unless ``allow_inf``); a Python float, since it configures the (static) solver."""
-    if type(value) in (int, float):  # the common case, without the general checker's cost
-        v = float(value)
-        above = v >= low if kw.get("inclusive") else v > low
-        if above and (math.isfinite(v) or (kw.get("allow_inf") and v == math.inf)):
-            return v
     if checks.is_traced(value):
         raise TypeError(f"ham.relax: {name} must be a Python number (it configures the solver), got a traced array.")
     return float(checks.param("ham.relax", name, value, low=low, **kw))
