@@ -2,6 +2,7 @@
 
 import functools as ft
 
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -66,8 +67,7 @@ def test_vector_field_is_minus_energy_gradient_wrt_activations(x64):
 
     dEdg = jax.grad(e_of_g)(net.activations(xs))
     dx = net.vector_field(0.0, xs)
-    for k in xs:
-        np.testing.assert_allclose(dx[k], -dEdg[k] / net.layers[k].tau, rtol=1e-12)
+    chex.assert_trees_all_close(dx, {k: -dEdg[k] / net.layers[k].tau for k in xs}, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["identity", "sigmoid", "tanh", "exponential", "rectified_polynomial"])
@@ -100,7 +100,7 @@ def test_init_states_are_deterministic_per_key():
     a = net.init_states(batch_shape=(4,), key=jax.random.PRNGKey(7))
     b = net.init_states(batch_shape=(4,), key=jax.random.PRNGKey(7))
     c = net.init_states(batch_shape=(4,), key=jax.random.PRNGKey(8))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
     assert not np.allclose(a["v"], c["v"])
     z = net.init_states()
     assert all(np.all(v == 0) for v in z.values())

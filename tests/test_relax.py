@@ -3,6 +3,7 @@ determinism, and honest reporting of non-convergence."""
 
 import functools as ft
 
+import chex
 import diffrax
 import equinox as eqx
 import jax
@@ -153,7 +154,8 @@ def test_relax_is_deterministic_for_a_key(x64):
     net, _ = random_net("softmax", (4,), 2, 1.0, 0.5, 1.0)
     a = relax_jit(net, net.init_states(key=jax.random.PRNGKey(9)))
     b = relax_jit(net, net.init_states(key=jax.random.PRNGKey(9)))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, a.states, b.states)
+    chex.assert_trees_all_equal(a.states, b.states)
+    chex.assert_tree_all_finite((a.states, a.energies))
     np.testing.assert_array_equal(a.energies, b.energies)
 
 

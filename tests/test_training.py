@@ -6,6 +6,7 @@ classifier experiment's ``--smoke`` run writes its files."""
 
 import json
 
+import chex
 import diffrax
 import equinox as eqx
 import jax
@@ -140,8 +141,7 @@ def test_conditioned_network_has_the_same_dynamics_and_energy_up_to_a_constant()
         free = {k: jax.random.normal(jax.random.PRNGKey(10 + seed), net.layers[k].shape) for k in ("h", "y")}
         full = {"v": xv, **free}
         f_full, f_cond = net.vector_field(0.0, full), cond.vector_field(0.0, free)
-        for k in free:
-            np.testing.assert_allclose(f_full[k], f_cond[k], rtol=1e-6, atol=1e-6)
+        chex.assert_trees_all_close({k: f_full[k] for k in free}, f_cond, rtol=1e-6, atol=1e-6)
         assert float(jnp.max(jnp.abs(f_full["v"]))) == 0.0  # tau = inf: the input does not move
         diffs.append(float(net.energy(full) - cond.energy(free)))
     np.testing.assert_allclose(diffs, diffs[0], rtol=0, atol=1e-5)
