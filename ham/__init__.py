@@ -12,6 +12,7 @@ from .layer import Layer
 from .network import HAM
 from .solve import Solution, default_tolerances, descend, relax
 from . import training
+from . import landscape
 
 __all__ = [
     "lagrangians",
@@ -19,6 +20,7 @@ __all__ = [
     "synapses",
     "memories",
     "training",
+    "landscape",
     "Layer",
     "HAM",
     "Solution",
