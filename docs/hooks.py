@@ -1,7 +1,8 @@
 """MkDocs hooks for the ham site (listed under ``hooks:`` in mkdocs.yml).
 
 - The notebooks (``notebooks/*.ipynb``, generated from ``notebooks/src`` by
-  ``notebooks/build.py``) and the figures (``notebooks/figures/*.png``,
+  ``notebooks/build.py``; shown from their executed copies in ``notebooks/executed/``, with
+  outputs and figures, where ``build.py --execute`` wrote one) and the figures (``notebooks/figures/*.png``,
   ``experiments/results/*.png``) are added to the site from where they live, so nothing
   is copied into ``docs/``.
 - Every public submodule of ``ham`` (a module named in ``ham.__all__``) without its own
@@ -16,8 +17,11 @@
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -33,15 +37,36 @@ GENERATED_API_PAGES: list[str] = []
 
 
 # ----------------------------------------------------------------------------- files
+_STAGED: list[Path] = []
+
+
+def _staged_dir() -> Path:
+    """One temporary folder per process for the executed notebook copies (removed at exit)."""
+    if not _STAGED:
+        _STAGED.append(Path(tempfile.mkdtemp(prefix="ham-docs-notebooks-")))
+        atexit.register(shutil.rmtree, _STAGED[0], True)
+    return _STAGED[0]
+
+
 @event_priority(100)  # before mkdocs-jupyter turns the .ipynb files into pages
 def on_files(files, config):
     GENERATED_API_PAGES.clear()  # `mkdocs serve` rebuilds in the same process
     for pattern in EXTRA_FILES:
         for path in sorted(ROOT.glob(pattern)):
             uri = path.relative_to(ROOT).as_posix()
-            if files.get_file_from_path(uri) is None:
-                files.append(File(uri, src_dir=str(ROOT), dest_dir=config.site_dir,
-                                  use_directory_urls=config.use_directory_urls))
+            if files.get_file_from_path(uri) is not None:
+                continue
+            src_dir = ROOT
+            executed = ROOT / "notebooks" / "executed" / path.name
+            if path.suffix == ".ipynb" and executed.is_file():
+                # the executed copy (outputs and figures), written by `notebooks/build.py --execute` and
+                # checked against its source by tests/test_notebooks.py, shown at the notebook's URL.
+                # mkdocs-jupyter reads src_dir/uri, so the copy is staged under that uri in a temp dir.
+                src_dir = _staged_dir()
+                (src_dir / uri).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(executed, src_dir / uri)
+            files.append(File(uri, src_dir=str(src_dir), dest_dir=config.site_dir,
+                              use_directory_urls=config.use_directory_urls))
     for name in public_submodules():
         uri = f"api/{name}.md"
         if files.get_file_from_path(uri) is None:
@@ -352,6 +377,20 @@ def bench_relax_fidelity() -> str:
     ])
 
 
+def bench_scale() -> str:
+    from experiments.bench_scale import markdown_table
+
+    r = load("bench_scale.json")
+    fit = r["slope_fit"]
+    return "\n\n".join([
+        markdown_table(r),
+        f"Pooled slope over K ≥ {fit['min_K']:,}: **{r['slope']:.2f}** ({fit['points']} points, "
+        f"per configuration {fit['slope_range'][0]:.2f}–{fit['slope_range'][1]:.2f}); largest K run "
+        f"{r['largest_K_run']:,}; device kind `{r['device_kind']}`; whole run {r['wall_s']:.0f} s "
+        f"(`{r['command']}`).",
+    ])
+
+
 RENDERERS = {
     "classical": classical,
     "dense": dense,
@@ -362,4 +401,5 @@ RENDERERS = {
     "bench_retrieval": bench_retrieval,
     "bench_relax": bench_relax,
     "bench_relax_fidelity": bench_relax_fidelity,
+    "bench_scale": bench_scale,
 }

@@ -8,7 +8,9 @@ outputs.
     python notebooks/build.py             # write notebooks/*.ipynb (outputs cleared)
     python notebooks/build.py --check     # exit 1 if an .ipynb is not what its source gives
     python notebooks/build.py --execute   # also run each notebook top to bottom (nbclient);
-                                          # figures go to $HAM_FIGURES_DIR or notebooks/figures
+                                          # figures go to $HAM_FIGURES_DIR or notebooks/figures,
+                                          # the executed copy (with its outputs) to
+                                          # notebooks/executed/, which the docs site renders
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import nbformat
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
+EXECUTED = HERE / "executed"  # the executed copies the docs site shows (outputs and figures included)
 
 
 def parse(text: str) -> list[tuple[str, str]]:
@@ -67,15 +70,21 @@ def render(nb) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def execute(path: Path, show: bool = False) -> float:
+def execute(path: Path, show: bool = False, save: Path | None = None) -> float:
     """Run a notebook top to bottom in a fresh ``python3`` kernel (the file is not
-    modified); returns the wall time. ``show`` prints the cells' text output."""
+    modified); returns the wall time. ``show`` prints the cells' text output; ``save``
+    writes the executed copy (outputs included) there."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
     elapsed = time.perf_counter() - start
+    if save is not None:
+        for cell in nb.cells:  # kernel timing metadata changes every run: keep the copy's diff to real output
+            cell.metadata.pop("execution", None)
+        save.parent.mkdir(exist_ok=True)
+        save.write_text(render(nb))
     if show:
         for cell in nb.cells:
             for out in cell.get("outputs", []):
@@ -105,7 +114,7 @@ def main(argv=None) -> int:
         out.write_text(text)
         print(f"wrote {out.relative_to(HERE.parent)}")
         if args.execute:
-            print(f"  executed in {execute(out, args.show):.1f} s")
+            print(f"  executed in {execute(out, args.show, save=EXECUTED / out.name):.1f} s")
     if stale:
         print("out of date (run python notebooks/build.py):", ", ".join(stale), file=sys.stderr)
         return 1
