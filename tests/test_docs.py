@@ -97,6 +97,18 @@ def test_site_builds_strictly_without_warnings(site):
         assert (site_dir / "notebooks" / name / "index.html").exists(), f"notebook {name} is not rendered"
 
 
+def test_notebook_pages_show_their_outputs(site):
+    """The site renders the executed copies (notebooks/executed/), not the cleared sources: a
+    reader sees numbered cells and the figures, not "In [ ]:" (tests/test_notebooks.py checks
+    that each copy matches its source)."""
+    site_dir, returncode, _ = site
+    assert returncode == 0
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        page = (site_dir / "notebooks" / path.stem / "index.html").read_text()
+        assert "In [1]:" in page and "In [ ]:" not in page, f"notebook {path.stem} is shown unexecuted"
+        assert 'class="jp-RenderedImage' in page, f"notebook {path.stem} shows no figure"
+
+
 def test_every_public_name_is_in_the_api_reference(site):
     """Each name in the ``__all__`` of a public module has a rendered heading: at its own
     path, or (for names re-exported at the top level) at ``ham.<name>``. mkdocstrings

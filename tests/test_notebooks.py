@@ -49,6 +49,24 @@ def test_committed_notebook_has_outputs_cleared_and_matches_its_source(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_site_shows_an_executed_copy_of_the_current_source(path):
+    """The docs site renders ``notebooks/executed/NAME.ipynb`` (written by ``build.py --execute``):
+    it must hold the committed notebook's cells, every code cell run once in order, no error,
+    and the figures the notebook draws (so a reader of the site sees the outputs, not "In [ ]:")."""
+    executed = NOTEBOOK_DIR / "executed" / path.name
+    assert executed.is_file(), f"no executed copy of {path.name}; run python notebooks/build.py --execute {path.stem}"
+    ran, source = nbformat.read(executed, as_version=4), nbformat.read(path, as_version=4)
+    assert [(c.cell_type, c.source) for c in ran.cells] == [(c.cell_type, c.source) for c in source.cells], (
+        f"{executed.name} is stale: its cells differ from {path.name}; run python notebooks/build.py --execute {path.stem}"
+    )
+    code = [c for c in ran.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{executed.name}: not run top to bottom"
+    outputs = [o for c in code for o in c.outputs]
+    assert not any(o.get("output_type") == "error" for o in outputs), f"{executed.name} holds an error"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{executed.name} shows no figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
