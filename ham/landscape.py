@@ -596,7 +596,7 @@ def _operator(net: HAM, free, tau_vec, xs, probe):
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     dtype = jnp.result_type(*xs.values())
     gs = net._activations(xs)
-    sq_tau = jnp.asarray(1.0 / np.sqrt(tau_vec), dtype)
+    sq_tau = (1.0 / jnp.sqrt(tau_vec)).astype(dtype)
     lam = jnp.concatenate([jnp.full((s,), 1.0 if net.layers[k].legendre else 0.0, dtype) for k, s in zip(free, sizes)])
 
     roots, not_diag = {}, {}
@@ -652,6 +652,33 @@ def _residuals(net: HAM, xs, free):
             for k in free}
 
 
+@eqx.filter_jit
+def _batched_residuals(net, xs, free):
+    return jax.vmap(lambda x: _residuals(net, x, free))(xs)
+
+
+@eqx.filter_jit
+def _classify_points(net, xs, free, tau_vec, probe, v0, kk, dense, steps, eig_tol):
+    n = tau_vec.shape[0]
+    dtype = tau_vec.dtype
+
+    def one(x):
+        matvec, not_diag = _operator(net, free, tau_vec, x, probe)
+        if dense:
+            a = jax.vmap(matvec)(jnp.eye(n, dtype=dtype))
+            a = 0.5 * (a + a.T)
+            ev = jnp.linalg.eigh(a)[0]
+            scale = jnp.max(jnp.abs(ev))
+            unstable = jnp.sum(ev < -eig_tol * scale)
+            return ev[:kk], unstable, jnp.asarray(True), not_diag
+        theta, _ = lanczos(matvec, v0, steps)
+        scale = jnp.max(jnp.abs(theta))
+        unstable = jnp.sum(theta[:kk] < -eig_tol * scale)
+        return theta[:kk], unstable, unstable < kk, not_diag
+
+    return jax.vmap(one)(xs)
+
+
 def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, lanczos_steps, event_rtol, event_atol):
     free, tau_vec, per_neuron = _ham_structure(owner, net)
     xs = _ham_points(owner, net, points)
@@ -667,7 +694,7 @@ def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, la
         z = jnp.zeros((0,), jnp.int32)
         return Classification(index=z, complete=z.astype(bool), eigenvalues=jnp.zeros((0, k), dtype), kind=())
     # 1. fixed points only
-    res = jax.jit(jax.vmap(lambda x: _residuals(net, x, free)))(xs)
+    res = _batched_residuals(net, xs, free)
     for name in free:
         r, xn = (np.asarray(a) for a in res[name])
         lim = residual_factor * (eatol + ertol * xn)
@@ -686,22 +713,8 @@ def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, la
         raise ValueError(f"{owner}: lanczos_steps={steps} must be >= k={kk}.")
     probe = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], size=n), dtype)
     v0 = jnp.asarray(np.random.default_rng(1).standard_normal(n), dtype)
-
-    def one(x):
-        matvec, not_diag = _operator(net, free, tau_vec, x, probe)
-        if dense:
-            a = jax.vmap(matvec)(jnp.eye(n, dtype=dtype))
-            a = 0.5 * (a + a.T)
-            ev = jnp.linalg.eigh(a)[0]
-            scale = jnp.max(jnp.abs(ev))
-            unstable = jnp.sum(ev < -eig_tol * scale)
-            return ev[:kk], unstable, jnp.asarray(True), not_diag
-        theta, _ = lanczos(matvec, v0, steps)
-        scale = jnp.max(jnp.abs(theta))
-        unstable = jnp.sum(theta[:kk] < -eig_tol * scale)
-        return theta[:kk], unstable, unstable < kk, not_diag
-
-    ev, index, complete, not_diag = jax.jit(jax.vmap(one))(xs)
+    ev, index, complete, not_diag = _classify_points(
+        net, xs, free, jnp.asarray(tau_vec, dtype), probe, v0, kk, dense, steps, eig_tol)
     for name in free:
         bad = np.asarray(not_diag[name])
         size = int(np.prod(net.layers[name].shape))
