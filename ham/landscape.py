@@ -737,7 +737,7 @@ class Labels(eqx.Module):
 
     - ``overlaps`` ``(M, K)``: $m_\mu = \xi_\mu\cdot s/(\|\xi_\mu\|\|s\|)$ ($= \xi_\mu\cdot s/N$ for ±1).
     - ``code`` ``(M,)``: index into [`LABELS`][ham.landscape.LABELS]; ``names``: the words.
-    - ``components`` ``(M,)``: how many overlaps exceed the spin-glass threshold.
+    - ``components`` ``(M,)``: how many overlaps reach the spin-glass threshold.
     - ``threshold``, ``retrieval``: the thresholds used.
     """
 
@@ -768,11 +768,13 @@ def label(
     - **stored**: some $m_\mu \ge$ ``retrieval`` (default 0.9; AGS's retrieval state has
       $m \ge 0.967$ up to the classical capacity α ≈ 0.138);
     - **reversed**: some $m_\mu \le -$``retrieval`` ($-\xi_\mu$, a minimum for even energies);
-    - **symmetric mixture**: an odd number $p \ge 3$ of overlaps with $|m_\mu| \ge \theta$,
-      all within $3\sqrt{(1-m_p^2)/N}$ (three standard deviations of a finite-N mixture's
-      overlap) of AGS's $m_p = \binom{p-1}{(p-1)/2}/2^{p-1}$ ($m_3 = 1/2$, $m_5 = 3/8$): the
-      states $\mathrm{sign}(\pm\xi_a\pm\xi_b\pm\xi_c\ldots)$ of Amit, Gutfreund & Sompolinsky
-      (1985), recognised by their profile, not by equality with the sign formula;
+    - **symmetric mixture**: for some odd $p \ge 3$, the $p$ largest $|m_\mu|$ are all within
+      $3\sqrt{(1-m_p^2)/N}$ (three standard deviations of a finite-N mixture's overlap) of
+      AGS's $m_p = \binom{p-1}{(p-1)/2}/2^{p-1}$ ($m_3 = 1/2$, $m_5 = 3/8$) and above the
+      noise floor $\max(3/\sqrt N, \sqrt{2\ln(20K)/N})$ (the overlap a random state reaches
+      with one of the $K$ patterns with probability 10 %), and every other $|m_\mu| < \theta$: the states
+      $\mathrm{sign}(\pm\xi_a\pm\xi_b\pm\xi_c\ldots)$ of Amit, Gutfreund & Sompolinsky (1985),
+      recognised by their overlap profile, not by equality with the sign formula;
     - **other mixture**: some $|m_\mu| \ge \theta$, but none of the above;
     - **spin-glass**: every $|m_\mu| < \theta$.
 
@@ -810,11 +812,21 @@ def label(
     comp = big.sum(1)
     code = np.full(m.shape[0], 4, np.int64)
     code[comp > 0] = 3
-    for i in np.flatnonzero((comp >= 3) & (comp % 2 == 1)):
-        mp = _mixture_overlap(int(comp[i]))
+    order = -np.sort(-a, axis=1)  # |m| descending
+    # components must stand out of the noise: above 3/sqrt(N) and above the overlap a random
+    # state reaches with one of the K patterns with probability 10 %
+    floor = max(3.0 / math.sqrt(n), math.sqrt(2.0 * math.log(20.0 * kn) / n))
+    undecided = np.ones(m.shape[0], bool)
+    for pmix in range(3, kn + 1, 2):
+        mp = _mixture_overlap(pmix)
+        if mp < floor:
+            break
         spread = 3.0 * math.sqrt((1.0 - mp * mp) / n)
-        if np.all(np.abs(a[i, big[i]] - mp) <= spread):
-            code[i] = 2
+        top = order[:, :pmix]
+        rest_small = order[:, pmix] < theta if pmix < kn else np.ones(m.shape[0], bool)
+        sym = undecided & np.all(np.abs(top - mp) <= spread, axis=1) & np.all(top >= floor, axis=1) & rest_small
+        code[sym] = 2
+        undecided &= ~sym
     code[m.min(1) <= -retrieval] = 1
     code[m.max(1) >= retrieval] = 0
     return Labels(overlaps=jnp.asarray(m, x.dtype), code=jnp.asarray(code), components=jnp.asarray(comp),
