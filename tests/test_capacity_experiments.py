@@ -103,34 +103,123 @@ def test_dense_smoke_run_writes_slopes_and_exponential_capacity(tmp_path):
     assert (tmp_path / "dense_smoke.png").exists() and (tmp_path / "dense_smoke.csv").exists()
 
 
-def test_uhn_smoke_run_writes_records_and_resumes_without_recomputing(tmp_path, monkeypatch):
-    uhn_capacity.main(["--smoke", "--results-dir", str(tmp_path), "--no-progress"])
-    data = json.loads((tmp_path / "uhn_smoke.json").read_text())
+@pytest.fixture(scope="module")
+def uhn_smoke(tmp_path_factory):
+    """One ``--smoke`` run (two seeds) shared by the UHN tests: its folder and its JSON."""
+    folder = tmp_path_factory.mktemp("uhn")
+    uhn_capacity.main(["--smoke", "--results-dir", str(folder), "--no-progress"])
+    return folder, json.loads((folder / "uhn_smoke.json").read_text())
+
+
+def test_uhn_smoke_run_writes_ranges_per_seed_and_the_paper_claim(uhn_smoke):
+    folder, data = uhn_smoke
     recs = data["records"]
+    assert {"uhn_smoke.json", "uhn_smoke.csv", "uhn_smoke.png"} <= set(_files(folder))
     assert recs and all(
-        {"dataset", "similarity", "separation", "corruption", "criterion", "capacity", "accuracy_by_K"} <= set(r)
+        {"dataset", "similarity", "separation", "corruption", "criterion", "capacity_range", "by_seed", "K"} <= set(r)
         for r in recs)
     assert {r["criterion"] for r in recs} == {"paper", "strict"}
-    # strict is never more lenient than the paper's criterion
+    assert all(set(r["by_seed"]) == {"0", "1"} for r in recs)
     by = {(r["similarity"], r["separation"], r["corruption"], r["criterion"]): r for r in recs}
     for (s, sep, c, crit), r in by.items():
-        if crit == "strict":
-            paper = by[(s, sep, c, "paper")]
-            assert all(r["accuracy_by_K"][k] <= paper["accuracy_by_K"][k] for k in r["accuracy_by_K"])
+        lo, hi = r["capacity_range"]
+        assert lo <= hi and lo in [0, *r["K"]] and hi in [0, *r["K"]]
+        for seed, e in r["by_seed"].items():
+            # the interval holds the estimate, and the range brackets the point capacity
+            assert all(lo_ <= a <= hi_ for a, lo_, hi_ in zip(e["accuracy"], e["lower"], e["upper"]))
+            assert e["capacity_range"][0] <= e["capacity"] <= e["capacity_range"][1]
+            if crit == "strict":  # strict is never more lenient than the paper's criterion
+                paper = by[(s, sep, c, "paper")]["by_seed"][seed]["accuracy"]
+                assert all(a <= b for a, b in zip(e["accuracy"], paper))
+    # the paper's ordering, at every seed: a distance similarity beats the dot product under
+    # max, and max beats identity
+    for seed in ("0", "1"):
+        def point(s, sep):
+            return by[(s, sep, "noise0.3", "strict")]["by_seed"][seed]["capacity"]
 
-    def cap_of(s, sep):
-        return by[(s, sep, "noise0.3", "strict")]["capacity"]
-
-    # the paper's ordering: distance similarity beats dot; max separation beats identity
-    assert cap_of("euclidean_reciprocal", "max") > cap_of("dot", "max")
-    assert cap_of("euclidean_reciprocal", "max") > cap_of("euclidean_reciprocal", "identity")
+        assert point("euclidean_reciprocal", "max") > point("dot", "max")
+        assert point("euclidean_reciprocal", "max") > point("euclidean_reciprocal", "identity")
+    assert "Euclidean" in data["paper_claim"]["claim"] and data["paper_claim"]["measured"]
+    for row in data["paper_claim"]["measured"]:
+        assert row["euclidean_reciprocal_verdict"] in ("higher", "lower", "overlap")
     assert data["mean_image_check"]["digits"]["strict_accuracy_of_mean_image"] < 0.01
+    assert data["seed_agreement"]["cells"] == len(recs)
+
+
+def test_uhn_max_twins_retrieve_identical_images_at_every_smoke_grid_point(uhn_smoke):
+    _, data = uhn_smoke
+    maxes = {(r["similarity"], r["corruption"], r["criterion"]): r for r in data["records"] if r["separation"] == "max"}
+    checked = 0
+    for a, b in uhn_capacity.MAX_TWINS:
+        for (s, c, crit), r in maxes.items():
+            if s != a:
+                continue
+            for seed, e in r["by_seed"].items():
+                twin = maxes[(b, c, crit)]["by_seed"][seed]
+                assert e["digests"] == twin["digests"], (a, b, c, seed)  # bit-identical retrieved images
+                assert e["accuracy"] == twin["accuracy"]
+                checked += len(e["digests"])
+    assert checked == 2 * 2 * 2 * 2 * 3  # pairs x corruptions x criteria x seeds x K
+    assert data["max_twins"]["identical"] == data["max_twins"]["grid_points"] == checked // 2
+
+
+def test_uhn_smoke_run_resumes_without_recomputing(uhn_smoke, monkeypatch):
+    folder, _ = uhn_smoke
 
     def boom(*a, **k):
         raise AssertionError("a finished grid point was recomputed")
 
     monkeypatch.setattr(uhn_capacity, "point", boom)
-    uhn_capacity.main(["--smoke", "--results-dir", str(tmp_path), "--no-progress"])
+    uhn_capacity.main(["--smoke", "--results-dir", str(folder), "--no-progress"])
+
+
+def test_every_cell_of_a_grid_point_sees_the_same_queries(monkeypatch):
+    """Common random numbers: the corrupted queries depend on (seed, K, corruption) only."""
+    seen = []
+    real = uhn_capacity._evaluate
+
+    def spy(memories, active, queries, targets, similarity, separations):
+        seen.append((similarity, np.asarray(queries), np.asarray(targets)))
+        return real(memories, active, queries, targets, similarity, separations)
+
+    monkeypatch.setattr(uhn_capacity, "_evaluate", spy)
+    images = load_dataset("digits").flat()
+    for sim in ("dot", "manhattan"):
+        uhn_capacity.point(images, (8, 8), 5, sim, ["max"], ["noise0.3", "mask0.5"], 12, 0, 20)
+    uhn_capacity.point(images, (8, 8), 6, "dot", ["max"], ["noise0.3", "mask0.5"], 12, 0, 20)
+    (_, q_dot, t_dot), (_, q_man, t_man), (_, q_k6, _) = seen
+    np.testing.assert_array_equal(q_dot, q_man)
+    np.testing.assert_array_equal(t_dot, np.arange(12) % 5)
+    assert not np.array_equal(q_dot, q_k6)  # another K draws fresh corruptions
+
+
+def test_padding_to_a_compiled_size_changes_no_result(monkeypatch):
+    images = load_dataset("digits").flat()
+    args = (images, (8, 8), 7, "manhattan_reciprocal", ["identity", "softmax", "max"], ["noise0.3"], 14, 0, 50)
+    padded = uhn_capacity.point(*args)
+    monkeypatch.setattr(uhn_capacity, "PAD_SIZES", ())
+    assert uhn_capacity.point(*args) == padded
+
+
+def test_bootstrap_over_images_counts_an_image_once_however_often_it_is_queried():
+    # two stored images, 150 queries each: one always retrieved, one never
+    image = np.arange(300) % 2
+    correct = (image == 0)[None, :]
+    w = uhn_capacity.bootstrap_weights(2, 2000, 0, 2)
+    lo, hi = uhn_capacity.bootstrap_interval(correct, image, w)
+    assert lo[0] == 0.0 and hi[0] == 1.0  # two images cannot pin the accuracy down
+    # the same 300 outcomes from 300 distinct images: a tight interval around 0.5
+    w = uhn_capacity.bootstrap_weights(300, 2000, 0, 300)
+    lo, hi = uhn_capacity.bootstrap_interval(correct, np.arange(300), w)
+    assert 0.4 < lo[0] < 0.5 < hi[0] < 0.6
+    # all correct: the interval is the point
+    lo, hi = uhn_capacity.bootstrap_interval(np.ones((1, 300), bool), np.arange(300), w)
+    assert lo[0] == hi[0] == 1.0
+
+
+def test_capacity_of_takes_the_largest_K_at_or_above_the_level():
+    assert uhn_capacity.capacity_of([2, 5, 10, 20], [1.0, 0.95, 0.85, 0.95]) == 20
+    assert uhn_capacity.capacity_of([2, 5], [0.5, 0.8]) == 0
 
 
 # ---------------------------------------------------------------- bad input
@@ -140,6 +229,8 @@ def test_uhn_smoke_run_writes_records_and_resumes_without_recomputing(tmp_path, 
     (["--separations", "relu"], ValueError, "unknown separation 'relu'"),
     (["--corruptions", "blur"], ValueError, "unknown corruption 'blur'"),
     (["--K", "2,5000"], ValueError, r"K = \[5000\].*1797 images"),
+    (["--queries", "0"], ValueError, "--queries must be >= 1, got 0"),
+    (["--seeds", "0"], ValueError, "--seeds must be >= 1, got 0"),
     (["--datasets", "mnist"], FileNotFoundError, "data_dir"),
 ])
 def test_uhn_bad_input_fails_before_writing_anything(tmp_path, argv, exc, match):

@@ -69,26 +69,37 @@ def _chunked(fn):
     return chunked
 
 
+@_chunked
+def _manhattan_distance(m, q):
+    r"""$\sum_i |q_i - m_{\mu i}|$ for every memory, from the exact differences, block by block."""
+    return jnp.sum(jnp.abs(m - q), axis=-1)
+
+
 def _euclidean(m, q):
     return -_squared_distance(m, q)
 
 
-@_chunked
 def _manhattan(m, q):
-    return -jnp.sum(jnp.abs(m - q), axis=-1)
+    return -_manhattan_distance(m, q)
 
 
-@_chunked
 def _euclidean_reciprocal(m, q):
-    # The exact differences, chunked: 1/d² near a stored pattern needs d² without the
-    # cancellation of the expanded form.
-    d = m - q
-    return 1.0 / jnp.maximum(jnp.sum(d * d, axis=-1), _EPS)
+    # the same distance as "euclidean" (one computation: their max separations agree exactly)
+    return 1.0 / jnp.maximum(_squared_distance(m, q), _EPS)
 
 
-@_chunked
 def _manhattan_reciprocal(m, q):
-    return 1.0 / jnp.maximum(jnp.sum(jnp.abs(m - q), axis=-1), _EPS)
+    return 1.0 / jnp.maximum(_manhattan_distance(m, q), _EPS)
+
+
+#: The distance behind each distance similarity; the similarity is a strictly decreasing
+#: function of it (−d or 1/d), so its ``"max"`` separation is the memory at the least distance.
+_DISTANCES: dict[str, Callable] = {
+    "euclidean": _squared_distance,
+    "euclidean_reciprocal": _squared_distance,
+    "manhattan": _manhattan_distance,
+    "manhattan_reciprocal": _manhattan_distance,
+}
 
 
 @_chunked
@@ -133,11 +144,13 @@ class UniversalHopfield(eqx.Module):
       and never contribute: their score is $-\infty$ before a softmax / max / top-k
       and their separated score is 0 otherwise.
 
-    No similarity builds a ``(batch, K, D)`` array: ``"euclidean"`` is computed as
-    $-(\|q\|^2 - 2\,q\cdot m_\mu + \|m_\mu\|^2)$ clamped at $\le 0$, and the other
-    distances run over blocks of patterns with ``lax.map`` (memory per query
-    $O(K_\text{chunk} D)$). For patterns sharded over devices see
-    [`sharded_retrieve`][ham.memories.sharded_retrieve].
+    No similarity builds a ``(batch, K, D)`` array: the squared distance of ``"euclidean"``
+    and ``"euclidean_reciprocal"`` is computed once, as $\|q\|^2 - 2\,q\cdot m_\mu +
+    \|m_\mu\|^2$ clamped at $\ge 0$, and the Manhattan distance of ``"manhattan"`` and
+    ``"manhattan_reciprocal"`` runs over blocks of patterns with ``lax.map`` (memory per query
+    $O(K_\text{chunk} D)$). With ``"max"`` a distance similarity retrieves the memory at the
+    least distance (the lower index on ties), so $-d$ and $1/d$ retrieve the same memory.
+    For patterns sharded over devices see [`sharded_retrieve`][ham.memories.sharded_retrieve].
 
     An energy exists for auto-association with the dot similarity and no
     normalisation: $E(q) = \tfrac12\|q\|^2 - \Phi(Mq)$ with $\nabla\Phi = \mathrm{sep}$
@@ -209,8 +222,14 @@ class UniversalHopfield(eqx.Module):
     # ------------------------------------------------------------------ maths of one query
     def scores(self, q: Float[Array, " dim"]) -> Float[Array, " num_patterns"]:
         """$\\mathrm{sep}(\\mathrm{sim}(M, q))$ for one query (normalised if asked)."""
-        sim = SIMILARITIES[self.similarity] if isinstance(self.similarity, str) else self.similarity
         k = self.patterns.shape[0]
+        if self._max_by_distance:
+            # max of a strictly decreasing function of d (−d, 1/d; a positive normalisation
+            # keeps the order) is the least d: −d and 1/d pick the same memory, round-off included
+            d = _DISTANCES[self.similarity](self.patterns, q)
+            d = d if self.active is None else jnp.where(self.active, d, jnp.inf)
+            return jax.nn.one_hot(jnp.argmin(d), k, dtype=q.dtype)
+        sim = SIMILARITIES[self.similarity] if isinstance(self.similarity, str) else self.similarity
         s = _check_scores("similarity", sim(self.patterns, q), k)
         if self.active is not None:
             s = jnp.where(self.active, s, 0.0)
@@ -220,6 +239,16 @@ class UniversalHopfield(eqx.Module):
         if self.normalize:
             s = s / jnp.sum(s)
         return s
+
+    @property
+    def _max_by_distance(self) -> bool:
+        """Whether the ``"max"`` separation is taken as the least distance: a named distance
+        similarity whose scores keep their order (any reciprocal one; −d without normalisation,
+        as a negative sum would reverse the order)."""
+        return (
+            self.separation == "max" and isinstance(self.similarity, str) and self.similarity in _DISTANCES
+            and (self.similarity.endswith("_reciprocal") or not self.normalize)
+        )
 
     def _separate(self, s):
         sep = self.separation
