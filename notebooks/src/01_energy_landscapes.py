@@ -46,24 +46,34 @@ models = {
 
 # %% [markdown]
 # ## Minima found by relaxation from random starts
-# Each model runs asynchronous sign updates (random neuron order) from the same 300 random states and from the
-# stored patterns themselves. A fixed point whose largest overlap $\max_\mu|\xi_\mu\cdot\sigma|/N$ is 1 is a stored
-# pattern (or, for even $F$, its negative); anything else is a spurious minimum.
+# `ham.landscape.census` runs each model's asynchronous sign updates (random neuron order) from the same 300 random
+# states and counts the distinct fixed points reached; `ham.landscape.classify` checks that the stored patterns
+# themselves are fixed points (index 0: no single flip lowers the energy) and `ham.landscape.label` sorts the fixed
+# points by their overlaps $m_\mu = \xi_\mu\cdot\sigma/N$ with the patterns: a stored pattern (or, for even $F$, its
+# negative) has $|m_\mu| = 1$; anything else is a spurious minimum — a mixture of a few patterns
+# (Amit, Gutfreund & Sompolinsky 1985) or a spin-glass state with no large overlap.
 
 # %%
 random_starts = jnp.sign(jax.random.normal(key_starts, (STARTS, N)))
 minima = {}
-print(f"{'model':<30} {'patterns stable':>15} {'starts -> stored':>17} {'-> spurious':>11} {'distinct spurious':>18}")
+print(f"{'model':<30} {'patterns stable':>15} {'starts -> stored':>17} {'-> spurious':>11} {'distinct spurious':>18} "
+      f"{'mixture / spin-glass':>21}")
 for name, model in models.items():
-    states, sweeps, converged = model.run(jnp.concatenate([patterns, random_starts]), key=key_order)
-    assert bool(jnp.all(converged)), f"{name}: some runs did not reach a fixed point"
-    stable = np.asarray(jnp.all(states[:K] == patterns, axis=1))
-    found = np.asarray(states[K:])
-    max_overlap = np.abs(found @ np.asarray(patterns).T).max(axis=1) / N
+    census = ham.landscape.census(model, random_starts, key=key_order)
+    assert bool(jnp.all(census.converged)), f"{name}: some runs did not reach a fixed point"
+    stable = np.asarray(ham.landscape.classify(model, patterns).index) == 0
+    labels = ham.landscape.label(census.points, patterns)
+    point_overlap = np.abs(np.asarray(labels.overlaps)).max(axis=1)  # per distinct fixed point
+    spurious_point = point_overlap < 1
+    reached = np.asarray(census.assignment)  # the fixed point each start reached
+    found, max_overlap = np.asarray(census.points)[reached], point_overlap[reached]
     spurious = max_overlap < 1
     minima[name] = {"states": found, "max_overlap": max_overlap, "spurious": spurious}
+    kinds = np.asarray(labels.code)[spurious_point]
+    mixtures = int(np.sum((kinds == 2) | (kinds == 3)))
+    glass = int(np.sum(kinds == 4))
     print(f"{name:<30} {stable.mean():>15.0%} {1 - spurious.mean():>17.0%} {spurious.mean():>11.0%} "
-          f"{len(np.unique(found[spurious], axis=0)):>18}")
+          f"{int(spurious_point.sum()):>18} {f'{mixtures} / {glass}':>21}")
 fractions = [minima[name]["spurious"].mean() for name in models]
 assert fractions[0] > 0.3 and fractions[-1] == 0 and fractions[2] <= fractions[1] <= fractions[0]
 
@@ -91,13 +101,8 @@ print(f"s*: reached from {counts.max()} of {STARTS} starts; overlaps with its tw
       f"{overlaps[a]:.2f}, {overlaps[b]:.2f}")
 
 
-def is_local_minimum(model, state):
-    """No single-neuron flip lowers the energy: exactly the fixed points of the asynchronous dynamics."""
-    neighbours = state[None, :] * (1.0 - 2.0 * np.eye(N))
-    return bool(np.all(np.asarray(model.energy(jnp.asarray(neighbours))) >= float(model.energy(jnp.asarray(state)))))
-
-
-is_minimum = {name: is_local_minimum(model, s_star) for name, model in models.items()}
+# a local minimum of a binary network: no single-neuron flip lowers the energy (classify's index 0)
+is_minimum = {name: int(ham.landscape.classify(model, s_star[None]).index[0]) == 0 for name, model in models.items()}
 print("s* is a local minimum of:", [name for name, ok in is_minimum.items() if ok])
 
 grid = np.linspace(-0.15, 1.15, 105)
