@@ -424,6 +424,34 @@ def photo_fold_split(cfg: Config, data, test_groups) -> PhotoSplit:
                       test_labels=data.labels[test_idx], train_groups=train_groups, test_groups=held_out)
 
 
+def held_out_pixels_seen(train: np.ndarray, test: np.ndarray) -> float:
+    """Fraction of the held-out images' pixels that lie inside some training image, for
+    square crops cut on a grid of stride half their side (``photos``, ``patches``): a pixel
+    lies in a training crop exactly when its quarter (a ``side/2`` square, one grid cell) is
+    one of that crop's quarters, matched by value. Images ``(n, H, W[, C])``."""
+    h, w = train.shape[1:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"held_out_pixels_seen needs crops of even side, got {h}x{w}.")
+
+    def quarters(a):
+        return [a[:, i : i + h // 2, j : j + w // 2] for i in (0, h // 2) for j in (0, w // 2)]
+
+    seen = {q.tobytes() for part in quarters(np.ascontiguousarray(train)) for q in part}
+    hits = np.stack([[q.tobytes() in seen for q in part] for part in quarters(np.ascontiguousarray(test))])
+    return float(hits.mean())
+
+
+def patches_split_note(split: Split, cfg: Config) -> dict:
+    """What the random split of ``patches`` holds out: the crops overlap their grid
+    neighbours by half, so most held-out pixels were trained on (not a held-out test)."""
+    as_images = lambda p: np.asarray(unpatchify(p, split.image_shape, cfg.patch))  # noqa: E731
+    return {
+        "kind": "random over overlapping stride-16 crops of the same two photographs (NOT held out: "
+                "see energy_transformer_photos.json for photographs never seen in training)",
+        "held_out_pixels_in_training_images": held_out_pixels_seen(as_images(split.train), as_images(split.test)),
+    }
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def _config_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
@@ -772,9 +800,11 @@ def evaluate_fold(cfg: Config, split: PhotoSplit, trained: Trained, n_fig_per_gr
         per_photo[g] = {"images": int(sel.sum()), **{k: float(v[sel].mean()) for k, v in errors.items()}}
         per_photo[g]["et_over_baseline"] = per_photo[g]["et"] / per_photo[g]["baseline"]
     pooled = {k: float(v.mean()) for k, v in errors.items()}
+    as_images = lambda p: np.asarray(unpatchify(p, split.image_shape, cfg.patch))  # noqa: E731
     record = {
         "test_photographs": list(split.test_groups), "train_photographs": list(split.train_groups),
         "train_images": len(split.train), "test_images": len(split.test),
+        "held_out_pixels_in_training_images": held_out_pixels_seen(as_images(split.train), as_images(split.test)),
         "mse": pooled, "et_over_baseline": pooled["et"] / pooled["baseline"],
         "per_photograph": per_photo,
         "max_energy_rise": max_rise, "energy_monotone": bool(max_rise <= ENERGY_RISE_TOLERANCE),
@@ -858,8 +888,10 @@ def run_photos(args, cfg: Config, out: Path, stem: str) -> dict:
                     f"seed={cfg.fold_seed}))",
             "folds": [{"fold": r["fold"], "test_photographs": r["test_photographs"],
                        "train_photographs": r["train_photographs"], "train_images": r["train_images"],
-                       "test_images": r["test_images"]} for r in records],
+                       "test_images": r["test_images"],
+                       "held_out_pixels_in_training_images": r["held_out_pixels_in_training_images"]} for r in records],
             "photographs_disjoint": all(not set(r["test_photographs"]) & set(r["train_photographs"]) for r in records),
+            "held_out_pixels_in_training_images": max(r["held_out_pixels_in_training_images"] for r in records),
         },
         "mse_et": overall["et"]["mean"], "mse_baseline": overall["baseline"]["mean"],
         "mse_mean_fill": overall["mean_fill"]["mean"],
@@ -1112,6 +1144,7 @@ def main(argv=None) -> dict:
         },
         "config": config,
         "quick": bool(args.quick),
+        **({"split": patches_split_note(split, cfg)} if cfg.dataset == "patches" else {}),
         "history": history,
         "timings": {
             **{k: round(v, 3) for k, v in timing.items()},
