@@ -275,6 +275,8 @@ def relax(
     adjoint: diffrax.AbstractAdjoint | None = None,
     factormax: float = 4.0,
     dtmax: float | None = None,
+    window: int | None = None,
+    trace: bool = True,
 ) -> Solution:
     r"""Integrate $\tau_A\dot x_A = -\partial E/\partial g_A$ from ``xs0`` with diffrax
     until a steady state: an ``Event`` fires when every layer has
@@ -310,6 +312,19 @@ def relax(
     The trace and stats are not differentiable in this mode. Any other diffrax adjoint
     (e.g. ``RecursiveCheckpointAdjoint()`` to backpropagate through the solver steps)
     is passed to ``diffeqsolve`` unchanged.
+
+    Streaming (``window=W``, a positive integer): instead of ``vmap`` (where every query
+    is computed until the slowest one stops), the batch is relaxed with ``W`` slots in
+    flight, a slot being refilled with the next query as soon as its query stops, so
+    the cost is about ``N · mean steps / W + max steps`` steps of ``W`` slots rather than
+    ``N × max steps``. Each query's result is the one the vmapped solve gives (the same
+    ``num_steps``, ``converged`` and ``reason``; in float32 a stop may move by a step or
+    two with round-off); ``num_evaluations`` is two less per query (one start evaluation
+    serves the monitor and the solver, the final residual is read from the monitor). Default solver
+    only; gradients by the implicit function theorem only; ``window="auto"`` is not
+    implemented. ``trace=False`` (with a window) keeps only the start and the end of each
+    energy trace (``energies``/``times`` of length 2), so memory does not grow with
+    ``max_steps`` × queries. See ``ham/_stream.py``.
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)
@@ -345,6 +360,13 @@ def relax(
         adjoint = diffrax.ImplicitAdjoint()
     inner_adjoint = diffrax.RecursiveCheckpointAdjoint() if isinstance(adjoint, diffrax.ImplicitAdjoint) else adjoint
     static = _Static((solver, controller, event_rtol, event_atol, int(max_steps), t1, dt0, inner_adjoint))
+    if window is not None:
+        from . import _stream
+
+        return _stream.relax(net, xs0, static, adjoint, batch, window, trace)
+    if trace is not True:
+        raise ValueError(f"ham.relax: trace={trace!r} (keep only the start and end of the energy trace) needs a "
+                         "streamed solve (window=...); without a window the full trace is recorded.")
     return _relax(net, xs0, static, adjoint, batch)
 
 

@@ -1,0 +1,327 @@
+r"""Streamed relaxation: a large batch of queries through a window of solver slots.
+
+``ham.relax(net, xs0, window=W)`` relaxes a batch of ``N`` queries with ``W`` slots in
+flight. A vmapped solve computes every query until the slowest one stops (its cost is
+``N × max steps``); here a slot whose query has stopped (steady state, ``max_steps``,
+``t1`` or failure) is refilled with the next query, so the cost is about
+``N · mean steps / W + max steps`` loop iterations.
+
+The loop is a thin driver around diffrax's parts, written at batch level: one
+``lax.while_loop`` whose carry holds ``W`` slots (the ``Monitored`` state, the solver and
+step-size controller states, the times and counters, and the query each slot works on),
+stepped with the solver's own ``step`` and the controller's own ``adapt_step_size``
+(``vmap``-ed over the slots: the carry itself is never copied per slot). It follows
+``diffrax.diffeqsolve`` where the result depends on it:
+
+- the steady-state test (``_at_fixed_point``) runs at ``t0`` too (a query at rest takes
+  0 steps) and after every attempted step;
+- ``max_steps`` bounds the *attempted* steps, ``num_steps`` counts the accepted ones;
+- a rejected step keeps the old state and solver state (the controller's state and the
+  times move on, as in diffrax); NaN error estimates become ``inf``;
+- a finite ``t1`` is met by diffrax's end clipping (a step ending within 100 ULPs of
+  ``t1`` is stretched to it);
+- a refilled slot starts with fresh solver and controller states.
+
+Refills come in fixed-size chunks: once ``chunk`` slots are free (fewer when fewer
+queries remain), the next ``chunk`` queries are gathered, their start evaluated (one
+vector-field evaluation gives the ``Monitored`` state and the solver's first force), and
+scattered into the free slots. A finished slot's result (its final state, counters and
+reason) is scattered to the query's row of the output; its residual is the one the
+``Monitored`` state already holds (no extra evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix.internal as optxi
+
+from .integrator import ExponentialEuler, Monitored, evaluate, monitored
+
+# slot status codes (a slot with query == N is empty)
+_RUNNING, _EVENT, _MAXED, _ENDED = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class Window:
+    """A window with a chosen refill ``chunk`` (private: tests and benchmarks). Passed as
+    ``ham.relax(..., window=Window(size, chunk))``; after an eager call, ``stats`` holds
+    the loop's ``iterations`` and ``refills``."""
+
+    size: int
+    chunk: int | None = None
+    stats: dict | None = None
+
+
+def default_chunk(window: int) -> int:
+    """Queries loaded per refill: an eighth of the window (at least 1)."""
+    return max(1, window // 8)
+
+
+def check_window(window, solver, adjoint) -> tuple[int, int | None]:
+    """``(size, chunk)`` of a ``window`` argument of ``ham.relax``, or a clear error."""
+    if isinstance(window, str):
+        raise ValueError(
+            f"ham.relax: window={window!r} is not implemented (no automatic choice of the window yet); "
+            "pass a positive integer number of slots, e.g. window=256, or window=None for the vmapped solve."
+        )
+    chunk = None
+    if isinstance(window, Window):
+        window, chunk = window.size, window.chunk
+        if chunk is not None and not (isinstance(chunk, (int, np.integer)) and not isinstance(chunk, bool) and chunk >= 1):
+            raise ValueError(f"ham.relax: the window's refill chunk must be a positive integer, got {chunk!r}.")
+    if not (isinstance(window, (int, np.integer)) and not isinstance(window, bool)):
+        raise TypeError(f"ham.relax: window must be a positive integer (slots in flight) or None, got {window!r}.")
+    if window < 1:
+        raise ValueError(f"ham.relax: window must be a positive integer (slots in flight), got {window}.")
+    if not isinstance(solver, ExponentialEuler):
+        raise ValueError(
+            f"ham.relax: window= streams the default solver ham.ExponentialEuler only, got solver={type(solver).__name__}; "
+            "drop window (vmapped solve) to use another solver."
+        )
+    if adjoint is not None and not isinstance(adjoint, diffrax.ImplicitAdjoint):
+        raise ValueError(
+            f"ham.relax: a streamed solve (window=...) is differentiated by the implicit function theorem only; "
+            f"got adjoint={type(adjoint).__name__}. Drop window to backpropagate through the solver steps."
+        )
+    return int(window), (None if chunk is None else int(chunk))
+
+
+def _given_root(inputs):
+    """The root already computed by the streamed solve (for ``implicit_jvp``)."""
+    return inputs[2], None
+
+
+def _nondiff(tree):
+    return jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, tree)
+
+
+def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solution":  # noqa: F821
+    """Entry from [`ham.relax`][] (arguments already checked): stream, then restore the
+    batch shape; with the implicit adjoint, the final states get their derivative from
+    the fixed-point condition, query by query."""
+    from .solve import Solution
+
+    size, chunk = check_window(window, static.value[0], adjoint)
+    n = math.prod(batch)
+    if n == 0:
+        raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
+    xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
+    size = min(size, n)
+    chunk = min(default_chunk(size) if chunk is None else chunk, size)
+    cfg = _Config(tuple(static.value[:7]) + (size, chunk, bool(trace)))
+    out, stats = _run(net, xs, cfg)
+    final, energies, times, nsteps, code, res, evals = out
+    if isinstance(adjoint, diffrax.ImplicitAdjoint):
+        final = _implicit(net, xs, final, adjoint)
+    if isinstance(window, Window) and not isinstance(stats[0], jax.core.Tracer):
+        window.stats = {"iterations": int(stats[0]), "refills": int(stats[1]), "window": size, "chunk": chunk}
+
+    def shaped(a, tail=()):
+        return jnp.reshape(a, (*batch, *tail))
+
+    final = {k: shaped(v, net.layers[k].shape) for k, v in final.items()}
+    s = energies.shape[-1]
+    return Solution(final, shaped(energies, (s,)), shaped(times, (s,)), shaped(nsteps), shaped(code == 0),
+                    shaped(code), shaped(res), shaped(evals))
+
+
+@eqx.filter_jit
+def _implicit(net, xs, final, adjoint):
+    """The final states with the implicit-function-theorem derivative, per query (the
+    identity on values): ``dx*/dθ = -(∂f/∂x)⁻¹ ∂f/∂θ`` at each query's fixed point."""
+    from .solve import _rewrite
+
+    def one(x0, root):
+        return optxi.implicit_jvp(_given_root, _rewrite, (net, x0, root), adjoint.tags, adjoint.linear_solver)[0]
+
+    return jax.vmap(one)(xs, final)
+
+
+class _Config(eqx.Module):
+    value: tuple = eqx.field(static=True)
+
+
+@eqx.filter_jit
+def _run(net, xs, cfg):
+    from .solve import _at_fixed_point, _check_finite, _count_evaluations, _vf
+
+    (solver, controller, event_rtol, event_atol, max_steps, t1_, dt0, size, chunk, trace) = cfg.value
+    net, xs = _nondiff(net), _nondiff(_check_finite(net, xs))
+    n = next(iter(xs.values())).shape[0]
+    terms = diffrax.ODETerm(_vf)
+    error_order = solver.error_order(terms)
+
+    # times and state dtypes as diffeqsolve chooses them (t0 = 0, t1, dt0 = min tau)
+    from .solve import _min_tau
+
+    dt0 = _min_tau(net) if dt0 is None else dt0
+    with jax.numpy_dtype_promotion("standard"):
+        tdtype = jnp.result_type(0.0, t1_, dt0)
+        ydtype = {k: jnp.result_type(v.dtype, tdtype) for k, v in xs.items()}
+    t0 = jnp.asarray(0.0, tdtype)
+    t1 = jnp.asarray(t1_, tdtype)
+    dt0 = jnp.asarray(dt0, tdtype)
+    clip_floor = np.asarray(t1_, tdtype)
+    for _ in range(100):  # diffrax's end clipping: within 100 ULPs of t1 a step ends at t1
+        clip_floor = np.nextafter(clip_floor, np.asarray(-np.inf, tdtype))
+    clip_floor = jnp.asarray(clip_floor, tdtype)
+    fast_init = type(solver).init is ExponentialEuler.init
+
+    def start(x):
+        """One query's initial slot: Monitored state, solver and controller state, times,
+        status (the steady-state test at t0)."""
+        x = {k: v.astype(ydtype[k]) for k, v in x.items()}
+        if fast_init:  # one evaluation serves the monitors and the solver's first force
+            energy, dx, speed, scale = evaluate(net, x)
+            inf = {k: jnp.where(v == 0, 0.0, jnp.inf).astype(v.dtype) for k, v in speed.items()}
+            y = Monitored(x, energy, speed, scale, inf)
+        else:
+            y = monitored(net, x)
+        tnext, cstate = controller.init(terms, t0, t1, y, dt0, net, solver.func, error_order)
+        tnext = jnp.minimum(tnext, t1)
+        sstate = dx if fast_init else solver.init(terms, t0, tnext, y, net)
+        cstate = jax.tree_util.tree_map(jnp.asarray, cstate)
+        status = jnp.where(_at_fixed_point(y, event_rtol, event_atol), _EVENT, _RUNNING).astype(jnp.int32)
+        return y, sstate, cstate, t0, tnext, status
+
+    # shapes of one slot, for the empty carry
+    one = jax.eval_shape(start, jax.tree_util.tree_map(lambda a: a[0], xs))
+    slots = jax.tree_util.tree_map(lambda s: jnp.zeros((size, *s.shape), s.dtype), one)
+    y_s, ss_s, cs_s, tp_s, tn_s, st_s = slots
+    zeros_i = jnp.zeros((size,), jnp.int32)
+    slot = dict(y=y_s, sstate=ss_s, cstate=cs_s, tprev=tp_s, tnext=tn_s, status=st_s,
+                nacc=zeros_i, natt=zeros_i, query=jnp.full((size,), n, jnp.int32))
+    length = max_steps + 1 if trace else 2
+    edtype, xdt = one[0].energy.dtype, one[0].x
+    out = dict(x={k: jnp.zeros((n, *v.shape), v.dtype) for k, v in xdt.items()},
+               nacc=jnp.zeros((n,), jnp.int32), natt=jnp.zeros((n,), jnp.int32),
+               status=jnp.zeros((n,), jnp.int32), residual=jnp.zeros((n,), edtype),
+               energies=jnp.zeros((n, length), edtype), times=jnp.zeros((n, length), tdtype))
+
+    def put(a, idx, v):
+        return a.at[idx].set(v, mode="drop")
+
+    def load(carry, k):
+        """Gather the next ``k`` queries into the first ``k`` free slots."""
+        slot, out, nxt = carry["slot"], carry["out"], carry["next"]
+        q = nxt + jnp.arange(k, dtype=jnp.int32)
+        valid = q < n
+        free = slot["query"] >= n
+        idx = jnp.nonzero(free, size=k, fill_value=size)[0].astype(jnp.int32)
+        idx = jnp.where(valid, idx, size)
+        qc = jnp.minimum(q, n - 1)
+        x = {name: v[qc] for name, v in xs.items()}
+        y, ss, cs, tp, tn, st = jax.vmap(start)(x)
+        new = dict(y=y, sstate=ss, cstate=cs, tprev=jnp.broadcast_to(tp, (k,)), tnext=tn, status=st,
+                   nacc=jnp.zeros((k,), jnp.int32), natt=jnp.zeros((k,), jnp.int32), query=q)
+        slot = jax.tree_util.tree_map(lambda a, b: put(a, idx, b), slot, new)
+        qo = jnp.where(valid, q, n)
+        out = dict(out, energies=out["energies"].at[qo, 0].set(y.energy, mode="drop"),
+                   times=out["times"].at[qo, 0].set(jnp.broadcast_to(tp, (k,)), mode="drop"))
+        return dict(carry, slot=slot, out=out, next=jnp.minimum(nxt + k, n), refills=carry["refills"] + 1)
+
+    def step(carry):
+        """One attempted step of every running slot (the others are left as they are)."""
+        slot, out = carry["slot"], carry["out"]
+        active = (slot["query"] < n) & (slot["status"] == _RUNNING)
+        y0, tprev0, tnext0 = slot["y"], slot["tprev"], slot["tnext"]
+        y1, yerr, _, ss1, sres = jax.vmap(solver.step, in_axes=(None, 0, 0, 0, None, 0, None))(
+            terms, tprev0, tnext0, y0, net, slot["sstate"], False)
+        yerr = jax.tree_util.tree_map(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), yerr)
+        keep, tprev, tnext, _, cs1, cres = jax.vmap(
+            controller.adapt_step_size, in_axes=(0, 0, 0, 0, None, 0, None, 0))(
+            tprev0, tnext0, y0, y1, net, yerr, error_order, slot["cstate"])
+        tprev = jnp.minimum(tprev, t1)
+        clip = tnext > clip_floor
+        tnext = jnp.where(clip, jnp.where(keep, t1, tprev + 0.5 * (t1 - tprev)), tnext)
+
+        def sel(mask):
+            def f(new, old):
+                m = jnp.reshape(mask, mask.shape + (1,) * (new.ndim - 1))
+                return jnp.where(m, new, old)
+            return f
+
+        accept = keep & active
+        y = jax.tree_util.tree_map(sel(accept), y1, y0)
+        sstate = jax.tree_util.tree_map(sel(accept), ss1, slot["sstate"])
+        cstate = jax.tree_util.tree_map(sel(active), cs1, slot["cstate"])
+        tprev = jnp.where(active, tprev, tprev0)
+        tnext = jnp.where(active, tnext, tnext0)
+        natt = slot["natt"] + active.astype(jnp.int32)
+        nacc = slot["nacc"] + accept.astype(jnp.int32)
+        ok = jnp.broadcast_to(sres == diffrax.RESULTS.successful, keep.shape) | ~keep
+        ok = ok & jnp.broadcast_to(cres == diffrax.RESULTS.successful, keep.shape)
+        event = jax.vmap(lambda yy: _at_fixed_point(yy, event_rtol, event_atol))(y)
+        status = jnp.where(event, _EVENT, jnp.where(~ok | (tprev >= t1), _ENDED,
+                                                    jnp.where(natt >= max_steps, _MAXED, _RUNNING)))
+        status = jnp.where(active, status, slot["status"]).astype(jnp.int32)
+        slot = dict(slot, y=y, sstate=sstate, cstate=cstate, tprev=tprev, tnext=tnext, natt=natt, nacc=nacc,
+                    status=status)
+        if trace:  # the accepted step's energy and time, at the query's next trace entry
+            qa = jnp.where(accept, slot["query"], n)
+            out = dict(out, energies=out["energies"].at[qa, nacc].set(y.energy, mode="drop"),
+                       times=out["times"].at[qa, nacc].set(tprev, mode="drop"))
+        return dict(carry, slot=slot, out=out)
+
+    def finish(carry):
+        """Write the stopped slots' results to their queries' rows and free the slots."""
+        slot, out = carry["slot"], carry["out"]
+        done = (slot["query"] < n) & (slot["status"] != _RUNNING)
+        qi = jnp.where(done, slot["query"], n)
+        y = slot["y"]
+        residual = jnp.sqrt(sum(jnp.square(s) for s in y.speed.values()))
+        out = dict(out, x={k: put(out["x"][k], qi, v) for k, v in y.x.items()},
+                   nacc=put(out["nacc"], qi, slot["nacc"]), natt=put(out["natt"], qi, slot["natt"]),
+                   status=put(out["status"], qi, slot["status"]), residual=put(out["residual"], qi, residual))
+        if not trace:  # the summary: start and end of the trace
+            out = dict(out, energies=out["energies"].at[qi, 1].set(y.energy, mode="drop"),
+                       times=out["times"].at[qi, 1].set(slot["tprev"], mode="drop"))
+        slot = dict(slot, query=jnp.where(done, n, slot["query"]))
+        return dict(carry, slot=slot, out=out)
+
+    def any_done(carry):
+        s = carry["slot"]
+        return jnp.any((s["query"] < n) & (s["status"] != _RUNNING))
+
+    def body(carry):
+        carry = step(carry)
+        carry = jax.lax.cond(any_done(carry), finish, lambda c: c, carry)
+        free = jnp.sum(carry["slot"]["query"] >= n)
+        remaining = n - carry["next"]
+        refill = (remaining > 0) & (free >= jnp.minimum(chunk, remaining))
+        carry = jax.lax.cond(refill, lambda c: load(c, chunk), lambda c: c, carry)
+        return dict(carry, iterations=carry["iterations"] + 1)
+
+    def cond(carry):
+        s = carry["slot"]
+        return jnp.any((s["query"] < n) & (s["status"] == _RUNNING)) | (carry["next"] < n)
+
+    carry = dict(slot=slot, out=out, next=jnp.asarray(0, jnp.int32), iterations=jnp.asarray(0, jnp.int32),
+                 refills=jnp.asarray(-1, jnp.int32))
+    carry = load(carry, size)  # the first window (not counted as a refill)
+    carry = jax.lax.while_loop(cond, body, carry)
+    carry = finish(carry)  # slots that stopped at t0 in the last refill
+    out = carry["out"]
+
+    nsteps = out["nacc"]
+    energies, times = out["energies"], out["times"]
+    if trace:  # entries past num_steps repeat the final energy and time (as the vmapped solve)
+        idx = jnp.arange(length)[None, :]
+        last = nsteps[:, None]
+        energies = jnp.where(idx <= last, energies, jnp.take_along_axis(energies, last, axis=1))
+        times = jnp.where(idx <= last, times, jnp.take_along_axis(times, last, axis=1))
+    finite = jnp.stack([jnp.all(jnp.isfinite(v.reshape(n, -1)), axis=1) for v in out["x"].values()]).all(0)
+    res = out["residual"]
+    st = out["status"]
+    code = jnp.where(~finite | ~jnp.isfinite(res), 2,
+                     jnp.where(st == _EVENT, 0, jnp.where(st == _MAXED, 1, 3))).astype(jnp.int32)
+    # the vmapped count less the second start evaluation and the final residual check
+    evals = _count_evaluations(net, solver, nsteps, out["natt"]) - 2.0
+    return (out["x"], energies, times, nsteps, code, res, evals), (carry["iterations"], carry["refills"])
