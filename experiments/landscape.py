@@ -1,0 +1,414 @@
+"""Energy landscapes measured with ``ham.landscape``: spurious minima against load, the
+Amit–Gutfreund–Sompolinsky mixture states, the continuous modern Hopfield network's
+minima over β, and attention spread over β.
+
+Parts (each states the published claim beside the measured number, intervals over seeds):
+
+- ``spurious``: classical (Hopfield 1982), dense n = 3, 4 (Krotov & Hopfield 2016) and
+  exponential (Demircigil et al. 2017) binary memories over a grid of loads. From S random
+  ±1 starts (asynchronous sign dynamics, ``census``): the fraction of starts ending in a
+  non-memory fixed point (not a stored pattern, nor its reverse for even energies: labels
+  by ``label``, retrieval overlap ≥ 0.9), the number of distinct spurious fixed points (a
+  lower bound, at most S), their labels (symmetric mixture / other mixture / spin-glass),
+  and the fraction of stored patterns that are 1-flip-stable (``classify`` index 0).
+  Claim (Krotov 2023, Fig. 1; Krotov & Hopfield 2016): the classical landscape fills with
+  spurious minima as the load grows, while dense memories keep their patterns as minima
+  (and few spurious ones) up to K ~ N^(n-1)/(2(2n-3)!! ln N).
+- ``ags``: the symmetric 3-mixtures sign(ξa+ξb+ξc) of the classical network at low load:
+  the fraction that are 1-flip-stable, the overlaps (claim 1/2) and energy per neuron
+  (claim −3/8 against −1/2 for a stored pattern, α → 0) of the fixed points they relax to
+  (Amit, Gutfreund & Sompolinsky 1985).
+- ``continuous``: census + classify of the modern Hopfield HAM (visible identity, hidden
+  softmax; Ramsauer et al. 2020) with equal-norm patterns over β: the number of minima and
+  how many patterns each averages (``attention_spread``), from one global-average minimum
+  (small β) through metastable subset averages to one minimum per pattern (large β),
+  beside Ramsauer et al.'s sufficient separation condition for a fixed point near every
+  pattern (Theorem 3: Δ ≥ 2/(βK) + β⁻¹ ln(2(K−1)KβM²)).
+- ``spread``: the attention spread (patterns holding 90 % of the softmax mass) of a modern
+  memory over β for queries near a stored pattern and for random queries.
+
+    python -m experiments.landscape [--quick | --smoke] [--results-dir DIR] [--seed S]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ham
+from ham import landscape as L
+
+from . import _capacity as cap
+from ._io import save_figure, write_json
+
+NAME = "landscape"
+PATTERN_SAMPLE = 256  # stored patterns classified per grid point (all of them when K is smaller)
+MODEL_IDS = {"classical": 1, "dense3": 2, "dense4": 3, "exponential": 4}
+
+GRIDS = {
+    "full": dict(
+        seeds=5, starts=300,
+        classical=dict(N=[100, 200, 400], alpha=[0.02, 0.05, 0.08, 0.11, 0.14, 0.2]),
+        dense3=dict(N=[100, 200], frac=[0.25, 0.5, 1.0, 1.5, 2.0, 3.0]),
+        dense4=dict(N=[100], frac=[0.1, 0.25, 0.5, 1.0]),
+        exponential=dict(N=[100], K=[50, 200, 1000]),
+        ags=dict(N=[200, 400], K=[10, 20], triples=100),
+        continuous=dict(K=6, D=16, starts=48, betas=[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0]),
+        spread=dict(K=128, D=64, queries=256, betas=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
+    ),
+    "quick": dict(
+        seeds=3, starts=100,
+        classical=dict(N=[100], alpha=[0.02, 0.05, 0.1, 0.14, 0.2]),
+        dense3=dict(N=[100], frac=[0.5, 1.0, 2.0]),
+        dense4=dict(N=[100], frac=[0.25, 1.0]),
+        exponential=dict(N=[100], K=[100]),
+        ags=dict(N=[200], K=[10, 20], triples=40),
+        continuous=dict(K=4, D=12, starts=24, betas=[0.05, 0.2, 0.5, 1.0, 2.0, 4.0]),
+        spread=dict(K=64, D=32, queries=64, betas=[0.01, 0.1, 1.0, 10.0]),
+    ),
+    "smoke": dict(
+        seeds=2, starts=24,
+        classical=dict(N=[32], alpha=[0.05, 0.2]),
+        dense3=dict(N=[32], frac=[1.0]),
+        dense4=dict(N=[], frac=[]),
+        exponential=dict(N=[32], K=[20]),
+        ags=dict(N=[64], K=[3], triples=8),
+        continuous=dict(K=3, D=8, starts=12, betas=[0.1, 3.0]),
+        spread=dict(K=16, D=8, queries=8, betas=[0.01, 10.0]),
+    ),
+}
+
+
+def dense_capacity(n_interaction: int, n: int) -> float:
+    """Krotov & Hopfield 2016: K_max ≈ N^(n−1) / (2 (2n−3)!! ln N)."""
+    dfact = math.prod(range(2 * n_interaction - 3, 0, -2))
+    return n ** (n_interaction - 1) / (2 * dfact * math.log(n))
+
+
+def _ci(values) -> list[float]:
+    """Mean and the half-width of a 95 % t interval over seeds."""
+    v = np.asarray(values, float)
+    if v.size < 2:
+        return [float(v.mean()), float("nan")]
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57}.get(v.size, 2.0)
+    return [float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))]
+
+
+def _memory(model: str, patterns):
+    p = jnp.asarray(patterns, jnp.float32)
+    if model == "classical":
+        return ham.memories.classical(p)
+    if model == "dense3":
+        return ham.memories.dense(p, n=3)
+    if model == "dense4":
+        return ham.memories.dense(p, n=4)
+    return ham.memories.exponential(p, beta=1.0)  # F(z) = e^z, Demircigil et al.
+
+
+# ------------------------------------------------------------------------- spurious
+def spurious_point(model: str, n: int, k: int, seed: int, starts: int) -> dict:
+    rng = np.random.default_rng([seed, n, k, MODEL_IDS[model]])
+    xi = rng.choice([-1.0, 1.0], size=(k, n))
+    mem = _memory(model, xi)
+    t0 = time.perf_counter()
+    c = L.census(mem, starts, key=jax.random.PRNGKey(seed))
+    t_census = time.perf_counter() - t0
+    lab = L.label(c.points, xi)
+    even = model in ("classical", "dense4")
+    code = np.asarray(lab.code)
+    memory = (code == 0) | ((code == 1) & even)
+    counts = np.asarray(c.counts)
+    conv = int(np.asarray(c.converged).sum())
+    spur = ~memory
+    t0 = time.perf_counter()
+    sample = xi[: min(k, PATTERN_SAMPLE)]  # patterns are i.i.d.: the first ones are a random sample
+    stable = np.asarray(L.classify(mem, sample).index) == 0
+    t_classify = time.perf_counter() - t0
+    by_label = {name: int(counts[spur & (code == i)].sum()) for i, name in enumerate(L.LABELS)}
+    distinct = {name: int((spur & (code == i)).sum()) for i, name in enumerate(L.LABELS)}
+    return dict(
+        spurious_fraction=float(counts[spur].sum() / max(conv, 1)),
+        distinct_spurious=int(spur.sum()),
+        patterns_stable=float(stable.mean()),
+        converged=conv / starts,
+        starts_by_label=by_label, distinct_by_label=distinct,
+        census_s=t_census, classify_s=t_classify,
+    )
+
+
+def _spurious_grid(grid) -> list[tuple[str, int, int]]:
+    out = []
+    for n in grid["classical"]["N"]:
+        out += [("classical", n, max(2, round(a * n))) for a in grid["classical"]["alpha"]]
+    for name, power in (("dense3", 3), ("dense4", 4)):
+        for n in grid[name]["N"]:
+            cap_k = dense_capacity(power, n)
+            out += [(name, n, max(2, round(f * cap_k))) for f in grid[name]["frac"]]
+    for n in grid["exponential"]["N"]:
+        out += [("exponential", n, k) for k in grid["exponential"]["K"]]
+    return out
+
+
+# ------------------------------------------------------------------------- AGS
+def ags_point(n: int, k: int, seed: int, triples: int) -> dict:
+    rng = np.random.default_rng([seed, n, k, 7])
+    xi = rng.choice([-1.0, 1.0], size=(k, n))
+    mem = ham.memories.classical(jnp.asarray(xi, jnp.float32))
+    idx = np.stack([rng.choice(k, size=3, replace=False) for _ in range(triples)])
+    signs = rng.choice([-1.0, 1.0], size=(triples, 3))
+    mix = np.sign(np.einsum("tj,tjn->tn", signs, xi[idx]))
+    stable = np.asarray(L.classify(mem, mix).index) == 0
+    fixed, _, conv = mem.run(jnp.asarray(mix, jnp.float32))
+    fixed = np.asarray(fixed)
+    lab = L.label(fixed, xi)
+    m = np.asarray(lab.overlaps)
+    comp = np.abs(np.take_along_axis(m, idx, axis=1))  # overlaps with the three components
+    # a symmetric mixture of exactly the three patterns it started from
+    top3 = np.sort(np.argsort(-np.abs(m), axis=1)[:, :3], axis=1)
+    sym = (np.asarray(lab.code) == 2) & np.all(top3 == np.sort(idx, axis=1), axis=1)
+    e = np.asarray(mem.energy(jnp.asarray(fixed, jnp.float32))) / n
+    e_pat = np.asarray(mem.energy(jnp.asarray(xi, jnp.float32))) / n
+    alpha = k / n
+    return dict(
+        stable_fraction=float(stable.mean()),
+        symmetric_fraction=float(sym.mean()),
+        overlap=float(comp[sym].mean()) if sym.any() else float("nan"),
+        # zero-diagonal Hebbian weights shift every energy per neuron by +K/(2N); the
+        # published values are for the energy -1/2 sum_mu m_mu^2 (alpha -> 0)
+        energy=float(e[sym].mean() - alpha / 2) if sym.any() else float("nan"),
+        energy_pattern=float(e_pat.mean() - alpha / 2),
+    )
+
+
+# ------------------------------------------------------------------------- continuous
+def _equal_norm_patterns(rng, k, d, norm):
+    p = rng.standard_normal((k, d))
+    return norm * p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+def ramsauer_beta(patterns) -> float:
+    """The smallest β meeting Ramsauer et al.'s Theorem 3 sufficient condition
+    Δ_i ≥ 2/(βK) + β⁻¹ ln(2(K−1)KβM²) for every pattern (Δ_i = ξ_i·ξ_i − max_{j≠i} ξ_i·ξ_j)."""
+    g = patterns @ patterns.T
+    k = g.shape[0]
+    delta = np.min(np.diag(g) - np.max(g - np.diag(np.full(k, np.inf)), axis=1))
+    m2 = np.max(np.diag(g))
+    if delta <= 0:
+        return float("inf")
+    f = lambda b: delta - 2 / (b * k) - math.log(2 * (k - 1) * k * b * m2) / b  # noqa: E731
+    # at tiny beta the logarithm is negative and the condition holds vacuously; the claim is
+    # about large beta: the threshold is the largest root (the condition holds for every beta above)
+    grid = np.logspace(-6, 6, 1201)
+    neg = [b for b in grid if f(b) < 0]
+    if not neg:
+        return float(grid[0])
+    lo = max(neg)
+    hi = lo * 10 ** 0.01
+    if f(hi) < 0:
+        return float("inf")
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return hi
+
+
+def continuous_patterns(seed: int, grid: dict) -> np.ndarray:
+    """K equal-norm (sqrt D) random patterns in D dimensions."""
+    return _equal_norm_patterns(np.random.default_rng([seed, 11]), grid["K"], grid["D"], math.sqrt(grid["D"]))
+
+
+def continuous_point(beta: float, seed: int, grid: dict) -> dict:
+    rng = np.random.default_rng([seed, 11])
+    k, d = grid["K"], grid["D"]
+    norm = math.sqrt(d)
+    p = _equal_norm_patterns(rng, k, d, norm)  # = continuous_patterns(seed, grid); rng goes on to the starts
+    mem = ham.memories.modern(jnp.asarray(p), beta=beta)
+    net = mem.network
+    q = rng.standard_normal((grid["starts"], d)) * norm / math.sqrt(d) * 1.5
+    starts = mem.init_states(jnp.asarray(q))
+    t0 = time.perf_counter()
+    c = L.census(net, starts)
+    t_census = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl = L.classify(net, c.points)
+    t_classify = time.perf_counter() - t0
+    minima = np.asarray(cl.index) == 0
+    spread = np.asarray(L.attention_spread(mem, c.points["v"]))
+    near = np.max(np.asarray(c.points["v"]) @ p.T / norm**2, axis=1)
+    per_pattern = int(np.sum(minima & (spread == 1)))
+    return dict(
+        minima=int(minima.sum()), points=int(c.num_points), saddles_found=int((~minima).sum()),
+        single_pattern_minima=per_pattern, spreads=sorted(spread[minima].tolist()),
+        max_overlap=sorted(near[minima].tolist()), converged=float(np.asarray(c.converged).mean()),
+        census_s=t_census, classify_s=t_classify,
+    )
+
+
+# ------------------------------------------------------------------------- spread
+def spread_point(beta: float, seed: int, grid: dict) -> dict:
+    rng = np.random.default_rng([seed, 13])
+    k, d = grid["K"], grid["D"]
+    p = _equal_norm_patterns(rng, k, d, math.sqrt(d))
+    mem = ham.memories.modern(jnp.asarray(p), beta=beta)
+    nq = grid["queries"]
+    near = p[rng.integers(0, k, nq)] + 0.3 * rng.standard_normal((nq, d))
+    rand = rng.standard_normal((nq, d))
+    return dict(near=float(np.mean(np.asarray(L.attention_spread(mem, near)))),
+                random=float(np.mean(np.asarray(L.attention_spread(mem, rand)))))
+
+
+# ------------------------------------------------------------------------- summary
+def _first(xs, ys, pred):
+    for x, y in zip(xs, ys):
+        if pred(y):
+            return x
+    return None
+
+
+def summarise(grid, results, seed_values) -> dict:
+    seeds = range(grid["seeds"])
+    theorem = [ramsauer_beta(continuous_patterns(s, grid["continuous"])) for s in seed_values]
+    spurious = []
+    for model, n, k in _spurious_grid(grid):
+        recs = [results[f"spurious/{model}/{n}/{k}/{s}"] for s in seeds]
+        row = dict(model=model, N=n, K=k, load=k / n if model == "classical" else k,
+                   capacity_theory=(0.138 * n if model == "classical" else
+                                    dense_capacity(3 if model == "dense3" else 4, n) if model.startswith("dense")
+                                    else None))
+        for f in ("spurious_fraction", "distinct_spurious", "patterns_stable", "converged"):
+            row[f] = _ci([r[f] for r in recs])
+        tot = {name: sum(r["starts_by_label"][name] for r in recs) for name in L.LABELS}
+        dist = {name: sum(r["distinct_by_label"][name] for r in recs) for name in L.LABELS}
+        row["spurious_labels_starts"] = tot
+        row["spurious_labels_distinct"] = dist
+        row["census_s"] = float(np.mean([r["census_s"] for r in recs]))
+        row["classify_s"] = float(np.mean([r["classify_s"] for r in recs]))
+        spurious.append(row)
+    # the load at which stored patterns stop being minima (fraction 1-flip-stable < 0.9, < 0.5)
+    loss = []
+    for model in ("classical", "dense3", "dense4", "exponential"):
+        for n in sorted({r["N"] for r in spurious if r["model"] == model}):
+            rows = [r for r in spurious if r["model"] == model and r["N"] == n]
+            ks = [r["K"] for r in rows]
+            st = [r["patterns_stable"][0] for r in rows]
+            loss.append(dict(model=model, N=n, K_run=max(ks),
+                             K_below_90=_first(ks, st, lambda v: v < 0.9),
+                             K_below_50=_first(ks, st, lambda v: v < 0.5),
+                             capacity_theory=rows[0]["capacity_theory"]))
+    ags = []
+    for n in grid["ags"]["N"]:
+        for k in grid["ags"]["K"]:
+            recs = [results[f"ags/{n}/{k}/{s}"] for s in seeds]
+            ags.append(dict(N=n, K=k, alpha=k / n,
+                            **{f: _ci([r[f] for r in recs]) for f in
+                               ("stable_fraction", "symmetric_fraction", "overlap", "energy", "energy_pattern")}))
+    cont = []
+    betas = grid["continuous"]["betas"]
+    for b in betas:
+        recs = [results[f"continuous/{b}/{s}"] for s in seeds]
+        cont.append(dict(beta=b, **{f: _ci([r[f] for r in recs]) for f in
+                                    ("minima", "single_pattern_minima", "saddles_found", "converged")},
+                         spreads=[r["spreads"] for r in recs],
+                         census_s=float(np.mean([r["census_s"] for r in recs])),
+                         classify_s=float(np.mean([r["classify_s"] for r in recs]))))
+    kk = grid["continuous"]["K"]
+    trans = dict(
+        beta_first_several_minima=_first(betas, [c["minima"][0] for c in cont], lambda v: v > 1.0),
+        beta_one_minimum_per_pattern=_first(
+            betas, [min(results[f"continuous/{b}/{s}"]["single_pattern_minima"] for s in seeds) for b in betas],
+            lambda v: v >= kk),
+        beta_theorem=_ci(theorem),
+    )
+    spread = []
+    for b in grid["spread"]["betas"]:
+        recs = [results[f"spread/{b}/{s}"] for s in seeds]
+        spread.append(dict(beta=b, near=_ci([r["near"] for r in recs]), random=_ci([r["random"] for r in recs])))
+    return dict(spurious=spurious, pattern_loss=loss, ags=ags, continuous=cont, transitions=trans, spread=spread)
+
+
+def figure(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for model in ("classical", "dense3", "dense4", "exponential"):
+        for n in sorted({r["N"] for r in summary["spurious"] if r["model"] == model}):
+            rows = [r for r in summary["spurious"] if r["model"] == model and r["N"] == n]
+            x = [r["K"] / (r["capacity_theory"] or r["K"]) for r in rows]
+            y = [r["spurious_fraction"][0] for r in rows]
+            e = [0 if math.isnan(r["spurious_fraction"][1]) else r["spurious_fraction"][1] for r in rows]
+            ax[0].errorbar(x, y, yerr=e, marker="o", label=f"{model} N={n}", capsize=3)
+    ax[0].set(xlabel="K / theoretical capacity (exponential: K / K)", ylabel="starts ending in a spurious fixed point",
+              title="Spurious fixed points vs load")
+    ax[0].legend(fontsize=7)
+    c = summary["continuous"]
+    b = [r["beta"] for r in c]
+    ax[1].errorbar(b, [r["minima"][0] for r in c], yerr=[np.nan_to_num(r["minima"][1]) for r in c], marker="o",
+                   label="minima found")
+    ax[1].errorbar(b, [r["single_pattern_minima"][0] for r in c],
+                   yerr=[np.nan_to_num(r["single_pattern_minima"][1]) for r in c], marker="s",
+                   label="single-pattern minima")
+    ax[1].axvline(summary["transitions"]["beta_theorem"][0], color="k", ls="--", label="Ramsauer Thm 3 (sufficient)")
+    ax[1].set(xscale="log", xlabel="β", ylabel="count", title="Modern Hopfield HAM minima")
+    ax[1].legend(fontsize=7)
+    s = summary["spread"]
+    ax[2].plot([r["beta"] for r in s], [r["near"][0] for r in s], "o-", label="queries near a pattern")
+    ax[2].plot([r["beta"] for r in s], [r["random"][0] for r in s], "s-", label="random queries")
+    ax[2].set(xscale="log", yscale="log", xlabel="β", ylabel="patterns holding 90 % of the softmax",
+              title="Attention spread")
+    ax[2].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    p = cap.make_parser(NAME, __doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    mode = cap.mode_of(args)
+    grid = GRIDS[mode]
+    out = cap.Outputs(NAME, mode, args.results_dir)
+    ck = out.checkpoint({"grid": grid, "seed": args.seed, "version": 1}, fresh=args.fresh)
+    seeds = [args.seed + s for s in range(grid["seeds"])]
+    tasks = {}
+    for model, n, k in _spurious_grid(grid):
+        for i, s in enumerate(seeds):
+            tasks[f"spurious/{model}/{n}/{k}/{i}"] = (spurious_point, (model, n, k, s, grid["starts"]))
+    for n in grid["ags"]["N"]:
+        for k in grid["ags"]["K"]:
+            for i, s in enumerate(seeds):
+                tasks[f"ags/{n}/{k}/{i}"] = (ags_point, (n, k, s, grid["ags"]["triples"]))
+    for b in grid["continuous"]["betas"]:
+        for i, s in enumerate(seeds):
+            tasks[f"continuous/{b}/{i}"] = (continuous_point, (b, s, grid["continuous"]))
+    for b in grid["spread"]["betas"]:
+        for i, s in enumerate(seeds):
+            tasks[f"spread/{b}/{i}"] = (spread_point, (b, s, grid["spread"]))
+    t0 = time.perf_counter()
+    results = cap.run_grid(list(tasks), lambda key: tasks[key][0](*tasks[key][1]), ck, NAME,
+                           progress=not args.no_progress)
+    summary = summarise(grid, results, seeds)
+    summary.update(
+        mode=mode, seeds=len(seeds), starts=grid["starts"], grid=grid, wall_s=time.perf_counter() - t0,
+        command=f"python -m experiments.landscape{'' if mode == 'full' else ' --' + mode}",
+        claims=dict(
+            spurious="Krotov 2023 Fig. 1 / Krotov & Hopfield 2016: the classical landscape fills with spurious "
+                     "minima with load; dense memories keep patterns as minima up to K ~ N^(n-1)/(2(2n-3)!! ln N)",
+            classical_capacity="Amit, Gutfreund & Sompolinsky 1985: alpha_c = 0.138",
+            ags="symmetric 3-mixtures: overlaps 1/2 each, energy per neuron -3/8 vs -1/2 (alpha -> 0)",
+            continuous="Ramsauer et al. 2020: global averaging at small beta, metastable subset averages, "
+                       "one fixed point per pattern at large beta (Theorem 3 sufficient condition)",
+            spread="Ramsauer et al. 2020: the number of patterns holding 90 % of the softmax mass",
+        ),
+    )
+    write_json(out.path("json"), summary)
+    figure(summary, out.path("png"))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
