@@ -181,32 +181,66 @@ def dense() -> str:
     ])
 
 
+def _range(r) -> str:
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}–{r[1]}"
+
+
 def _uhn_table(records, dataset, criterion, corruption, sims, seps) -> str:
-    index = {(x["similarity"], x["separation"]): x["capacity"] for x in records
+    index = {(x["similarity"], x["separation"]): _range(x["capacity_range"]) for x in records
              if x["dataset"] == dataset and x["criterion"] == criterion and x["corruption"] == corruption}
     rows = [[f"`{s}`"] + [index.get((s, p), "–") for p in seps] for s in sims]
     return table(["similarity"] + [f"`{p}`" for p in seps], rows)
+
+
+def _uhn_claim_table(measured, dataset, criterion) -> str:
+    mark = {"higher": "**higher**", "lower": "lower", "overlap": "overlaps"}
+    rows = [[f"`{m['separation']}`", m["corruption"], _range(m["dot"])]
+            + [f"{_range(m[s])} ({mark[m[s + '_verdict']]})" for s in ("euclidean_reciprocal", "manhattan_reciprocal")]
+            for m in measured if m["dataset"] == dataset and m["criterion"] == criterion]
+    rows_of = [m for m in measured if m["dataset"] == dataset and m["criterion"] == criterion]
+    tally = "; ".join(
+        f"`{s}` vs `dot`: higher in {sum(m[s + '_verdict'] == 'higher' for m in rows_of)}, lower in "
+        f"{sum(m[s + '_verdict'] == 'lower' for m in rows_of)}, overlapping in "
+        f"{sum(m[s + '_verdict'] == 'overlap' for m in rows_of)} of {len(rows_of)} rows"
+        for s in ("euclidean_reciprocal", "manhattan_reciprocal"))
+    return table(["separation", "corruption", "`dot`", "`euclidean_reciprocal` vs dot",
+                  "`manhattan_reciprocal` vs dot"], rows) + f"\n\n{tally}."
 
 
 def uhn() -> str:
     r = load("uhn.json")
     cfg = r["config"]
     recs = r["records"]
+    claim = r["paper_claim"]
     sims = [s for s in cfg["similarities"] if any(x["similarity"] == s for x in recs)]
     seps = [p for p in cfg["separations"] if any(x["separation"] == p for x in recs)]
+    agree, twins = r["seed_agreement"], r["max_twins"]
     out = [
-        f"Capacity rule: {r['capacity_rule']} (K grid {', '.join(map(str, cfg['K']))}; "
-        f"{cfg['queries']} corrupted queries per K). Criteria: **paper** — {r['criteria']['paper']}; "
-        f"**strict** — {r['criteria']['strict']}."
+        f"**The paper's claim** ({claim['source']}): {claim['claim']}. Its setting: {claim['paper_setting']}.",
+        f"**This run**: K grid {', '.join(map(str, cfg['K']))} ('all' = the whole dataset); {cfg['queries']} "
+        f"corrupted queries per cell; seeds {', '.join(map(str, cfg['seed_list']))} (a seed draws the stored set); "
+        f"{r['common_random_numbers']}. Interval: {r['interval']}. Capacity: {r['capacity_rule']}; a range ending "
+        f"at the largest K means no failure was seen on the grid. Criteria: **paper** — {r['criteria']['paper']}; "
+        f"**strict** — {r['criteria']['strict']}. Grid time {r['runtime_s'] / 60:.0f} min.",
+        f"**Seeds**: the two seeds' capacity ranges overlap in {agree['ranges_overlap']} of {agree['cells']} cells "
+        f"and give the same point capacity in {agree['same_point_capacity']}. **max twins**: −d and 1/d with `max` "
+        f"retrieved bit-identical images at {twins['identical']} of {twins['grid_points']} (dataset, seed, K, "
+        f"corruption) points.",
     ]
     for dataset in cfg["datasets"]:
         m = r["mean_image_check"][dataset]
         out.append(
-            f"**{dataset}** — paper threshold {m['threshold']:.1f}; the dataset's mean image has median "
-            f"squared error {m['median_sq_error_of_mean_image']:.1f} to an image and passes the paper's "
-            f"criterion for {m['paper_accuracy_of_mean_image'] * 100:.0f} % of the images, the strict one for "
-            f"{m['strict_accuracy_of_mean_image'] * 100:.2f} %. Capacity K, strict criterion, by corruption:"
+            f"#### {dataset} (D = {r['dims'][dataset]})\n\nPaper threshold {m['threshold']:.1f}; the dataset's mean "
+            f"image has median squared error {m['median_sq_error_of_mean_image']:.1f} to an image and passes the "
+            f"paper's criterion for {m['paper_accuracy_of_mean_image'] * 100:.0f} % of the images, the strict one for "
+            f"{m['strict_accuracy_of_mean_image'] * 100:.2f} %."
         )
+        out.append("The paper's comparison, measured (capacity ranges; **higher** / lower when the ranges do not "
+                   "overlap):")
+        out.append("\n".join(
+            f'=== "{crit} criterion"\n\n{indent(_uhn_claim_table(claim["measured"], dataset, crit))}\n'
+            for crit in ("strict", "paper")))
+        out.append("Capacity range, every similarity × separation, strict criterion, by corruption:")
         tabs = []
         for corruption in cfg["corruptions"]:
             body = _uhn_table(recs, dataset, "strict", corruption, sims, seps)
