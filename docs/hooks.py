@@ -425,11 +425,156 @@ def bench_scale() -> str:
     ])
 
 
+
+def landscape() -> str:
+    r = load("landscape.json") if (RESULTS / "landscape.json").exists() else load("landscape_quick.json")
+
+    def ci(x, scale=1.0, digits=2):
+        m, h = x
+        return f"{m * scale:.{digits}f}" + ("" if h != h else f" ± {h * scale:.{digits}f}")
+
+    sp_rows = []
+    for x in r["spurious"]:
+        labs = x["spurious_labels_distinct"]
+        cap = "–" if x["capacity_theory"] is None else f"{x['capacity_theory']:.0f}"
+        sp_rows.append([x["model"], x["N"], x["K"], cap, ci(x["spurious_fraction"], 100, 0) + " %",
+                        ci(x["distinct_spurious"], 1, 1), ci(x["patterns_stable"], 100, 0) + " %",
+                        f"{labs['symmetric mixture']} / {labs['other mixture']} / {labs['spin-glass']}"])
+    loss_rows = [[x["model"], x["N"], x["K_run"], x["K_below_90"] or f"> {x['K_run']}",
+                  x["K_below_50"] or f"> {x['K_run']}",
+                  "–" if x["capacity_theory"] is None else f"{x['capacity_theory']:.0f}"] for x in r["pattern_loss"]]
+    ags_rows = [[x["N"], x["K"], f"{x['alpha']:.3f}", ci(x["stable_fraction"], 100, 0) + " %",
+                 ci(x["overlap"], 1, 3) + " (1/2)", ci(x["energy"], 1, 3) + " (−3/8 = −0.375)",
+                 ci(x["energy_pattern"], 1, 3) + " (−1/2)"] for x in r["ags"]]
+    c_rows = [[x["beta"], ci(x["minima"], 1, 1), ci(x["single_pattern_minima"], 1, 1), ci(x["saddles_found"], 1, 1),
+               " ".join("{" + ",".join(str(v) for v in s) + "}" for s in x["spreads"][:3])] for x in r["continuous"]]
+    t = r["transitions"]
+    s_rows = [[x["beta"], ci(x["near"], 1, 1), ci(x["random"], 1, 1)] for x in r["spread"]]
+    biggest = max(r["spurious"], key=lambda x: x["K"] * x["N"])
+    return "\n\n".join([
+        f"Run: `{r['command']}` ({r['seeds']} seeds, {r['starts']} random starts per grid point; "
+        f"± = 95 % t interval over seeds; whole run {r['wall_s'] / 60:.1f} min).",
+        "**Spurious fixed points vs load** (claim: Krotov 2023 Fig. 1, Krotov & Hopfield 2016 — the classical "
+        "landscape fills with spurious minima as the load grows, dense memories keep their patterns as minima up to "
+        "K ≈ N^(n−1)/(2(2n−3)!! ln N); the classical column 'capacity' is AGS's 0.138 N):",
+        table(["model", "N", "K", "capacity (theory)", "starts → spurious", "distinct spurious (per seed)",
+               "patterns 1-flip-stable", "spurious labels: sym. mixture / other mixture / spin-glass (all seeds)"],
+              sp_rows),
+        "The load at which stored patterns stop being minima (fraction 1-flip-stable below 90 % / 50 %):",
+        table(["model", "N", "largest K run", "K: < 90 % stable", "K: < 50 % stable", "capacity (theory)"], loss_rows),
+        "**AGS symmetric 3-mixtures** sign(±ξa±ξb±ξc) of the classical network (claim in brackets, α → 0; "
+        "energies per neuron without the +α/2 shift of zero-diagonal weights):",
+        table(["N", "K", "α", "1-flip-stable", "overlap with components", "energy / N", "stored pattern energy / N"],
+              ags_rows),
+        "**Modern Hopfield HAM over β** (census + classify; spreads = patterns holding 90 % of the softmax "
+        "weight at each minimum, first seeds):",
+        table(["β", "minima", "single-pattern minima", "saddles found", "spreads"], c_rows),
+        f"More than one minimum from β = {t['beta_first_several_minima']}; one minimum per pattern (every seed) "
+        f"from β = {t['beta_one_minimum_per_pattern']}; Ramsauer et al.'s Theorem 3 sufficient condition holds "
+        f"from β ≈ {t['beta_theorem']:.2f}.",
+        "**Attention spread** (patterns holding 90 % of the softmax mass, mean over queries):",
+        table(["β", "queries near a pattern", "random queries"], s_rows),
+        f"Cost on the largest case ({biggest['model']}, N = {biggest['N']}, K = {biggest['K']}): census "
+        f"{biggest['census_s']:.2f} s, classify of the stored patterns {biggest['classify_s']:.2f} s (mean per seed, "
+        "compilation included on the first seed).",
+    ])
+
+
+def _interval(d: dict) -> str:
+    lo, hi = d["test_error_wilson95"]
+    ci = d["test_error_ci95"]
+    return f"{d['test_error'] * 100:.2f} % (± {ci * 100:.2f}; {lo * 100:.2f}–{hi * 100:.2f})"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def dam_classifier_mnist5k() -> str:
+    r = load("dam_classifier_mnist5k.json")
+    cfg = r["config"]
+    names = {"nearest_neighbour_1": "1-nearest-neighbour (pixels)",
+             "logistic_regression": "logistic regression (L2, C on validation)",
+             "relu_network": f"ReLU network 784–{cfg['mlp_hidden']}–10 (learning rate on validation)"}
+    tests = {(t["dam"], t["baseline"]): t for t in r["paired_tests"]}
+
+    def vs(key):
+        return " / ".join(f"{(t := tests[(key, b)])['error_difference'] * 100:+.2f} pt, p = {_p(t['p_value'])}"
+                          for b in names)
+
+    rows = [[d["n"], _interval(d), f"{d['train_error'] * 100:.1f} %",
+             "/".join(f"{t:g}" for t in d["chosen_temperature_fraction"]),
+             f"{d['prototype_fraction'] * 100:.0f} %", f"{d['nearest_correlation_median']:.2f}",
+             f"{d['memories_per_decision']:.0f}", f"{d['top_memory_share']:.2f}", vs(f"dam_n{d['n']}")]
+            for d in r["per_degree"]]
+    v = r["dam_validated"]
+    rows.append(["chosen on validation (" + "/".join(str(n) for n in v["chosen_n"]) + ")", _interval(v), "", "", "",
+                 "", "", "", vs("dam_validated")])
+    base = [[names[k], _interval(b), f"{b['parameters']:,}" if "parameters" in b else
+             ("—" if k == "nearest_neighbour_1" else ""),
+             ", ".join(f"{c:g}" for c in b.get("chosen_C", b.get("chosen_learning_rate", []))) or "—"]
+            for k, b in r["baselines"].items()]
+    paper = r["paper_mnist"]
+    return "\n\n".join([
+        f"Data: `mnist5k` (5,000 MNIST images, 28×28), {cfg['folds']} stratified folds: per split "
+        f"{r['train_images_per_split']:,} training images, a stratified fifth of the rest for validation, one fold "
+        f"for test; every image is tested once, so each row's error is over all {r['per_degree'][0]['test_images']:,}. DAM: K = {cfg['num_memories']} "
+        f"memories ({cfg['dam_parameters']:,} parameters), {cfg['epochs']} epochs, minibatch {cfg['batch_size']}, "
+        f"final temperature chosen per split on validation from {cfg['temperatures']} (× (D + L)). Error: pooled "
+        "test error (± Student-t half-width over the folds, which carries test sampling and training variation; "
+        "then the Wilson 95 % interval of the pooled rate). Last column: the DAM's error minus 1-NN's / logistic "
+        "regression's / the ReLU network's, percentage points, exact McNemar p on the same test images.",
+        table(["n", "test error", "train error", "T chosen per fold",
+               f"used memories that are prototypes (r ≥ {r['prototype_correlation']})", "median nearest-image r",
+               f"memories making {r['decision_mass'] * 100:.0f} % of a decision", "largest memory's share",
+               "vs 1-NN / logistic / ReLU net"], rows),
+        "Baselines on the same splits (same training images, choices on the same validation sets):",
+        table(["model", "test error", "parameters", "chosen per fold"], base),
+        f"**Paper** ({paper['source']}): {paper['test_error_percent']}, with K = {paper['num_memories']:,} memories "
+        f"trained on {paper['train_images']:,} images — "
+        f"{paper['train_images'] / r['train_images_per_split']:.0f}× the training images of a split here, "
+        f"{paper['num_memories'] / cfg['num_memories']:.0f}× the memories. Wall-clock of this run's DAM cells: "
+        f"{r['seconds_cells_total'] / 60:.0f} min (shared 2-core CPU).",
+    ])
+
+
+def ham_classifier_mnist5k() -> str:
+    r = load("ham_classifier_mnist5k.json")
+    cfg, s = r["config"], r["summary"]
+    t, ly = s["paired_test"], s["lyapunov"]
+    rows = [[f"HAM through its fixed point (implicit gradients), H = {cfg['hidden']}", _interval(s["ham"]),
+             f"{cfg['ham_parameters']:,}", ", ".join(f"{x:g}" for x in s["ham"]["chosen_learning_rate"]),
+             f"{s['ham']['seconds_per_epoch_median']:.2f}", f"{s['ham']['train_seconds_grid_total'] / 60:.1f}"],
+            [f"feed-forward ReLU 784–{cfg['ffn_hidden']}–10", _interval(s["ffn"]), f"{cfg['ffn_parameters']:,}",
+             ", ".join(f"{x:g}" for x in s["ffn"]["chosen_learning_rate"]),
+             f"{s['ffn']['seconds_per_epoch_median']:.3f}", f"{s['ffn']['train_seconds_grid_total'] / 60:.1f}"]]
+    return "\n\n".join([
+        f"Data: `mnist5k`, {cfg['folds']} stratified folds (per split {r['train_images_per_split']:,} training "
+        f"images, a stratified fifth of the rest for validation, one fold for test; every image tested once). Both "
+        f"models: Adam with cosine decay, {cfg['epochs']} epochs, minibatch {cfg['batch_size']}, learning rate "
+        f"chosen per split on validation accuracy from {cfg['learning_rates']}. Error: pooled test error (± "
+        "Student-t over folds; Wilson 95 % of the pooled rate).",
+        table(["model", "test error", "parameters", "learning rate chosen per fold", "s / epoch (median)",
+               "training wall-clock, whole grid (min)"], rows),
+        f"Paired on the same {s['ham']['test_images']:,} test images (exact McNemar): HAM right where the FFN is "
+        f"wrong on {t['only_first_right']}, the reverse on {t['only_second_right']}; error difference "
+        f"{t['error_difference'] * 100:+.2f} points, p = {_p(t['p_value'])}.",
+        f"Energy along inference: {ly['trajectories_checked']:,} test trajectories of the "
+        f"{ly['trained_models_checked']} trained HAMs (each test image relaxed through `ham.training.fixed_point` "
+        f"and by plain `ham.relax` of the full network) checked with `ham.lyapunov.check`: "
+        f"{'the energy never rose' if ly['all_monotone'] else 'the energy ROSE on some trajectory'} (largest rise "
+        f"{ly['max_rise_relative_to_tolerance']:.2g} of the round-off tolerance; median "
+        f"{ly['inference_steps_median']:.0f} solver steps per image).",
+    ])
+
+
 RENDERERS = {
     "classical": classical,
     "dense": dense,
     "uhn": uhn,
     "dam_classifier": dam_classifier,
+    "dam_classifier_mnist5k": dam_classifier_mnist5k,
+    "ham_classifier_mnist5k": ham_classifier_mnist5k,
     "energy_transformer": energy_transformer,
     "energy_transformer_patches": energy_transformer_patches,
     "bench_retrieval": bench_retrieval,
