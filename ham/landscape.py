@@ -5,6 +5,9 @@ saddles, what they are made of, and how spread a softmax memory's attention is.
 - [`classify`][ham.landscape.classify]: the Morse index of fixed points (0 = minimum).
 - [`label`][ham.landscape.label]: stored pattern, reversed pattern, symmetric mixture
   (Amit, Gutfreund & Sompolinsky 1985), other mixture or spin-glass state, by overlaps.
+- [`basins`][ham.landscape.basins]: return fractions around each memory with 95 % intervals.
+- [`minimum_energy_path`][ham.landscape.minimum_energy_path]: the path, saddle and barrier
+  between two minima of a HAM.
 - [`attention_spread`][ham.landscape.attention_spread]: how many stored patterns hold a
   given softmax mass (the metastable-state measure of Ramsauer et al. 2020).
 - [`lanczos`][ham.landscape.lanczos]: a small jit-able Lanczos with full
@@ -34,10 +37,11 @@ from .memories._binary import ExponentialAssociativeMemory, _BinaryMemory
 from .memories._modern import ModernHopfield
 from .network import HAM
 from .solve import default_tolerances, relax
+from ._landscape_paths import Basins, Path, basins, minimum_energy_path
 
 __all__ = [
     "Census", "Classification", "Labels", "census", "classify", "label", "attention_spread", "lanczos",
-    "LABELS", "DENSE_MAX",
+    "LABELS", "DENSE_MAX", "basins", "minimum_energy_path", "Basins", "Path",
 ]
 
 #: ``classify`` uses a dense eigendecomposition up to this many free neurons, Lanczos above.
