@@ -467,7 +467,7 @@ def figure(config: dict, summary: dict, cells: dict, path) -> None:
     save_figure(fig, path)
 
 
-def memories_figure(config: dict, cells: dict, image_shape, path) -> None:
+def memories_figure(config: dict, cells: dict, image_shape, path, which: str = "seed 0") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,7 +489,7 @@ def memories_figure(config: dict, cells: dict, image_shape, path) -> None:
             else:
                 ax.axis("off")
         axes[i, 0].set_ylabel(f"n = {n}\nproto {c['prototype_fraction']:.0%}", fontsize=8)
-    fig.suptitle("most used memories (pixel part, seed 0; title: strongest label, number of training images it "
+    fig.suptitle(f"most used memories (pixel part, {which}; title: strongest label, number of training images it "
                  "dominates) — features at small n, prototypes at large n", fontsize=9)
     save_figure(fig, path)
 
@@ -767,7 +767,7 @@ def main_folds(args) -> dict:
     write_json(f"{stem}.json", result)
     fold_figure(config, result, cells, f"{stem}.png")
     memories_figure(config, {f"n={n},seed=0": cells[f"fold=0,n={n},T={chosen[n]}"] for n in config["degrees"]},
-                    data[2], f"{stem}.memories.png")
+                    data[2], f"{stem}.memories.png", which="fold 0, validation-chosen temperature")
     for r in result["per_degree"]:
         print(f"n={r['n']:>2}: test error {100 * r['test_error']:.2f} % (± {100 * r['test_error_ci95']:.2f} over folds; "
               f"Wilson {100 * r['test_error_wilson95'][0]:.2f}-{100 * r['test_error_wilson95'][1]:.2f}); prototypes "
