@@ -84,7 +84,63 @@ def _scale():
             "docs/scaling.md#throughput-and-memory-vs-k", "bench_scale.json")
 
 
-ROWS = [_classical, _dense, _exponential, _relax, _scale]
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def _uhn():
+    r = _load("uhn.json")
+    if r is None or "paper_claim" not in r:
+        return None
+    rows = [m for m in r["paper_claim"]["measured"] if m["dataset"] == "mnist5k" and m["criterion"] == "strict"]
+    if not rows:
+        return None
+    verdicts = [m[f"{s}_verdict"] for m in rows for s in ("euclidean_reciprocal", "manhattan_reciprocal")]
+    noise = next((m for m in rows if m["corruption"] == "noise0.3" and m["separation"] == "max"), None)
+    def rng(lo_hi):
+        return f"{lo_hi[0]:,}" if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]:,}–{lo_hi[1]:,}"
+
+    example = (f"; e.g. noise σ = 0.3, max: K = {rng(noise['dot'])} for dot, {rng(noise['euclidean_reciprocal'])} "
+               "for Euclidean") if noise else ""
+    lower = sorted({m["corruption"] for m in rows for s in ("euclidean_reciprocal", "manhattan_reciprocal")
+                    if m[f"{s}_verdict"] == "lower"})
+    return ("Universal Hopfield Networks on MNIST (D = 784)",
+            "distance similarities beat the dot product in capacity (Millidge et al. 2022)",
+            f"capacity ranges (95 % bootstrap, {r['config']['queries']} queries/cell, strict criterion): distance "
+            f"higher than dot in {verdicts.count('higher')} of {len(verdicts)} (corruption × separation) cells, "
+            f"lower in {verdicts.count('lower')} ({', '.join(lower) or 'none'}){example}",
+            f"{DOCS}#universal-hopfield-networks", "uhn.json")
+
+
+def _dam_classifier():
+    r = _load("dam_classifier_mnist5k.json")
+    if r is None:
+        return None
+    dam, base = r["dam_validated"], r["baselines"]
+    n = sorted(set(dam["chosen_n"]))
+    train = next(x["train_error"] for x in r["per_degree"] if x["n"] == n[0])
+    return ("Dense Associative Memory classifier, MNIST 5k",
+            f"{r['paper_mnist']['test_error_percent']} test error (Krotov & Hopfield 2016, "
+            f"{r['paper_mnist']['num_memories']} memories, {r['paper_mnist']['train_images']:,} training images)",
+            f"{_pct(dam['test_error'])} at validated n = {', '.join(map(str, n))} ({r['config']['num_memories']} memories, "
+            f"{r['train_images_per_split']:,} training images, 5 folds; train error {_pct(train)}) vs 1-NN "
+            f"{_pct(base['nearest_neighbour_1']['test_error'])}, ReLU net {_pct(base['relu_network']['test_error'])}",
+            f"{DOCS}#on-mnist-dataset-mnist5k", "dam_classifier_mnist5k.json")
+
+
+def _ham_classifier():
+    r = _load("ham_classifier_mnist5k.json")
+    if r is None:
+        return None
+    s = r["summary"]
+    return ("HAM trained through its fixed point, MNIST 5k", "—",
+            f"test error {_pct(s['ham']['test_error'])} vs feed-forward net {_pct(s['ffn']['test_error'])} "
+            f"(same parameters, McNemar p = {s['paired_test']['p_value']:.2f}); energy monotone on "
+            f"{s['lyapunov']['trajectories_checked']:,} inference trajectories",
+            f"{DOCS}#ham-classifier-trained-through-its-fixed-point-on-mnist", "ham_classifier_mnist5k.json")
+
+
+ROWS = [_classical, _dense, _exponential, _uhn, _dam_classifier, _ham_classifier, _relax, _scale]
 
 
 def render() -> str:
