@@ -37,11 +37,11 @@ from .memories._binary import ExponentialAssociativeMemory, _BinaryMemory
 from .memories._modern import ModernHopfield
 from .network import HAM
 from .solve import default_tolerances, relax
-from ._landscape_paths import Basins, Path, basins, minimum_energy_path
+from ._landscape_paths import Basins, Path, basins, minimum_energy_path, wilson_interval
 
 __all__ = [
     "Census", "Classification", "Labels", "census", "classify", "label", "attention_spread", "lanczos",
-    "LABELS", "DENSE_MAX", "basins", "minimum_energy_path", "Basins", "Path",
+    "LABELS", "DENSE_MAX", "basins", "minimum_energy_path", "Basins", "Path", "wilson_interval",
 ]
 
 #: ``classify`` uses a dense eigendecomposition up to this many free neurons, Lanczos above.
@@ -462,8 +462,11 @@ def classify(
 
     Up to ``dense_max`` free neurons, $A$ is formed (one Jacobian-vector product per
     column) and diagonalised with ``eigh``: ``index`` is exact. Above, $A$ is applied
-    matrix-free (autodiff JVPs of $\nabla L_A$ and $\nabla_g E_{syn}$, $H_A^{1/2}$ from a dense
-    ``eigh`` of layers up to 2048 neurons, else from the diagonal of an elementwise
+    matrix-free (autodiff JVPs of $\nabla L_A$ and $\nabla_g E_{syn}$; $H_A^{1/2}$ from a dense
+    ``eigh`` of layers up to 2048 neurons; above, the closed-form factor
+    $C = \sqrt\beta(\mathrm{diag}\sqrt p - p\sqrt p^\top)$, $CC^\top = H$, of a 1-D softmax layer
+    (any block-diagonal factor $C$ of $H$ gives $T^{-1/2}(\Lambda + C^\top WC)T^{-1/2}$, similar to $-J$
+    by the same argument with $C^\top$ for $H^{1/2}$), else the square root of the diagonal of an elementwise
     Lagrangian's Hessian, which is checked) and [`lanczos`][ham.landscape.lanczos] gives the
     ``k`` smallest eigenvalues (``lanczos_steps``, default ``min(n, 4k + 40)`` iterations);
     ``index`` counts the negative Ritz values (a lower bound by interlacing), and when all
@@ -593,7 +596,7 @@ def _ham_points(owner, net: HAM, points):
     return out
 
 
-def _operator(net: HAM, free, tau_vec, xs, probe):
+def _operator(net: HAM, free, tau_vec, xs, probe, per_neuron):
     """The symmetric operator A of one unbatched fixed point, as a matvec on the flat free
     state, plus per-layer flags: 'H not diagonal' for layers that need it to be."""
     sizes = [int(np.prod(net.layers[k].shape)) for k in free]
@@ -603,11 +606,12 @@ def _operator(net: HAM, free, tau_vec, xs, probe):
     sq_tau = (1.0 / jnp.sqrt(tau_vec)).astype(dtype)
     lam = jnp.concatenate([jnp.full((s,), 1.0 if net.layers[k].legendre else 0.0, dtype) for k, s in zip(free, sizes)])
 
-    roots, not_diag = {}, {}
+    roots, uncovered = {}, {}
     for k, s in zip(free, sizes):
         layer = net.layers[k]
         grad_l = lambda x, layer=layer: jax.grad(layer.lagrangian)(x)  # noqa: E731
         hv = lambda v, x=xs[k], grad_l=grad_l: jax.jvp(grad_l, (x,), (v.reshape(x.shape),))[1].reshape(-1)  # noqa: E731
+        softmax_beta = _softmax_gain(layer)
         if s <= LAYER_DENSE_MAX:
             h = jax.vmap(hv)(jnp.eye(s, dtype=dtype))
             h = 0.5 * (h + h.T)
@@ -615,19 +619,32 @@ def _operator(net: HAM, free, tau_vec, xs, probe):
             root = (v * jnp.sqrt(jnp.maximum(w, 0.0))) @ v.T
             off = h - jnp.diag(jnp.diag(h))
             roots[k] = ("dense", root)
-            not_diag[k] = jnp.max(jnp.abs(off)) > 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.max(jnp.abs(h)), 1e-30)
+            not_diag = jnp.max(jnp.abs(off)) > 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.max(jnp.abs(h)), 1e-30)
+            uncovered[k] = not_diag & per_neuron[k]
+        elif softmax_beta is not None:
+            # H = beta (diag p - p p^T) = C C^T with C = sqrt(beta) (diag sqrt p - p sqrt(p)^T)
+            p = gs[k].reshape(-1)
+            roots[k] = ("softmax", (jnp.sqrt(softmax_beta).astype(dtype), p, jnp.sqrt(p)))
+            uncovered[k] = jnp.asarray(per_neuron[k])
         else:
             d = hv(jnp.ones((s,), dtype))
             r = probe[:s]
             err = jnp.linalg.norm(hv(r) - d * r)
             roots[k] = ("diag", jnp.sqrt(jnp.maximum(d, 0.0)))
-            not_diag[k] = err > 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.linalg.norm(d * r), 1e-30) * math.sqrt(s)
+            uncovered[k] = err > 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.linalg.norm(d * r), 1e-30) * math.sqrt(s)
 
-    def apply_root(u):
+    def apply_root(u, transpose=False):
         parts = []
         for k, lo, hi in zip(free, offsets[:-1], offsets[1:]):
             kind, r = roots[k]
-            parts.append(r @ u[lo:hi] if kind == "dense" else r * u[lo:hi])
+            v = u[lo:hi]
+            if kind == "dense":
+                parts.append(r @ v)
+            elif kind == "diag":
+                parts.append(r * v)
+            else:
+                sb, p, sp = r
+                parts.append(sb * (sp * v - (sp * jnp.vdot(p, v) if transpose else p * jnp.vdot(sp, v))))
         return jnp.concatenate(parts)
 
     def syn_grad(gf):
@@ -645,9 +662,26 @@ def _operator(net: HAM, free, tau_vec, xs, probe):
         z = sq_tau * u
         y = apply_root(z)
         wy = jax.jvp(syn_grad, (g_flat,), (y,))[1]
-        return sq_tau * (lam * z + apply_root(wy))
+        return sq_tau * (lam * z + apply_root(wy, transpose=True))
 
-    return matvec, not_diag
+    return matvec, uncovered
+
+
+def _softmax_gain(layer):
+    """β when the layer's Lagrangian is ``ham.lagrangians.softmax`` on a 1-D layer, else None."""
+    from . import lagrangians
+
+    lag = layer.lagrangian
+    if len(layer.shape) != 1:
+        return None
+    if lag is lagrangians.softmax:
+        return jnp.asarray(1.0)
+    func = getattr(lag, "func", None)
+    if func is lagrangians.softmax and not getattr(lag, "args", ()):
+        kw = getattr(lag, "keywords", {}) or {}
+        if set(kw) <= {"beta"}:
+            return jnp.asarray(kw.get("beta", 1.0))
+    return None
 
 
 def _residuals(net: HAM, xs, free):
@@ -662,12 +696,13 @@ def _batched_residuals(net, xs, free):
 
 
 @eqx.filter_jit
-def _classify_points(net, xs, free, tau_vec, probe, v0, kk, dense, steps, eig_tol):
+def _classify_points(net, xs, free, tau_vec, probe, v0, kk, dense, steps, eig_tol, per_neuron):
     n = tau_vec.shape[0]
     dtype = tau_vec.dtype
+    per_neuron = dict(per_neuron)
 
     def one(x):
-        matvec, not_diag = _operator(net, free, tau_vec, x, probe)
+        matvec, not_diag = _operator(net, free, tau_vec, x, probe, per_neuron)
         if dense:
             a = jax.vmap(matvec)(jnp.eye(n, dtype=dtype))
             a = 0.5 * (a + a.T)
@@ -718,15 +753,15 @@ def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, la
     probe = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], size=n), dtype)
     v0 = jnp.asarray(np.random.default_rng(1).standard_normal(n), dtype)
     ev, index, complete, not_diag = _classify_points(
-        net, xs, free, jnp.asarray(tau_vec, dtype), probe, v0, kk, dense, steps, eig_tol)
+        net, xs, free, jnp.asarray(tau_vec, dtype), probe, v0, kk, dense, steps, eig_tol,
+        tuple(sorted(per_neuron.items())))
     for name in free:
-        bad = np.asarray(not_diag[name])
-        size = int(np.prod(net.layers[name].shape))
-        needs = per_neuron[name] or (not dense and size > LAYER_DENSE_MAX)
-        if needs and bad.any():
+        if np.asarray(not_diag[name]).any():
+            size = int(np.prod(net.layers[name].shape))
             why = ("it has per-neuron time constants, so T and its Hessian must commute"
                    if per_neuron[name] else
-                   f"it has {size} > {LAYER_DENSE_MAX} neurons, whose Hessian square root is only taken for a diagonal Hessian")
+                   f"it has {size} > {LAYER_DENSE_MAX} neurons, whose Hessian square root is only formed for a "
+                   f"diagonal Hessian or a 1-D softmax layer")
             raise ValueError(
                 f"{owner}: layer {name!r} has a Lagrangian whose Hessian is not diagonal (not elementwise) and {why}; "
                 f"this case is not covered by the symmetric form of the Jacobian.")
@@ -740,7 +775,7 @@ class Labels(eqx.Module):
     r"""What fixed points are made of ([`label`][ham.landscape.label]).
 
     - ``overlaps`` ``(M, K)``: $m_\mu = \xi_\mu\cdot s/(\|\xi_\mu\|\|s\|)$ ($= \xi_\mu\cdot s/N$ for ±1).
-    - ``code`` ``(M,)``: index into [`LABELS`][ham.landscape.LABELS]; ``names``: the words.
+    - ``code`` ``(M,)``: index into ``LABELS``; ``names``: the words.
     - ``components`` ``(M,)``: how many overlaps reach the spin-glass threshold.
     - ``threshold``, ``retrieval``: the thresholds used.
     """

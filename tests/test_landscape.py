@@ -328,3 +328,16 @@ def test_bad_inputs_are_refused_with_the_argument_named(x64):
         synapses={"w": ham.synapses.Dense(jnp.zeros((4, 4)))}, connections={"w": ("v",)})
     r = L.classify(ok, {"v": jnp.zeros((1, 4))}, k=4)
     np.testing.assert_allclose(np.sort(np.asarray(r.eigenvalues[0])), [-2.0, -1.0, -1.0, -0.5], atol=1e-12)
+
+
+def test_lanczos_with_the_softmax_factor_matches_dense_on_modern_hopfield(x64, monkeypatch):
+    rng = np.random.default_rng(7)
+    p = rng.standard_normal((6, 5))
+    p = 2.0 * p / np.linalg.norm(p, axis=1, keepdims=True)
+    net = ham.memories.modern(jnp.asarray(p), beta=3.0, hidden_tau=0.2).network
+    sol = ham.relax(net, {"v": jnp.asarray(p[:3]), "h": jnp.asarray(p[:3] @ p.T)}, event_rtol=1e-12, event_atol=1e-12)
+    dense = L.classify(net, sol.states, k=11)
+    monkeypatch.setattr(L, "LAYER_DENSE_MAX", 2)  # the 6-neuron softmax layer takes the factor path
+    lz = L.classify(net, sol.states, k=11, dense_max=1, lanczos_steps=11)
+    np.testing.assert_array_equal(np.asarray(lz.index), np.asarray(dense.index))
+    np.testing.assert_allclose(np.asarray(lz.eigenvalues), np.asarray(dense.eigenvalues), atol=1e-8)
