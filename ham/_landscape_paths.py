@@ -196,12 +196,14 @@ def basins(
     $\ge 0.99$ (binary: $\xi\cdot s/N$; continuous: the cosine over the noisy layers),
     or it is the pattern's own fixed point (the end of the same dynamics started *at*
     the pattern, for sign dynamics with the same random neuron orders as the start;
-    continuous: within a relative distance ``1e-2``). So $r = 0$ always returns, and a pattern that is not itself a fixed point is credited with the fixed
-    point next to it. Starts that do not converge count as not returned (and are
-    counted in ``unconverged``).
+    continuous: within a relative distance ``1e-2``). So $r = 0$ always returns, and a
+    pattern that is not itself a fixed point is credited with the fixed point next to
+    it. Starts that do not converge count as not returned (and are counted in
+    ``unconverged``).
 
     **Intervals and radii.** Per pattern and radius, ``trials`` independent starts give
-    a binomial count; the interval is Wilson's ([`wilson_interval`][ham.landscape.wilson_interval]).
+    a binomial count; the interval is Wilson's score interval (Wilson 1927), which stays
+    inside $[0, 1]$ and keeps a width at fractions of exactly 0 or 1, where basin curves sit.
     ``radius_90``/``radius_50`` interpolate linearly where the fraction first falls
     below the level (see [`Basins`][ham.landscape.Basins]).
 
@@ -408,7 +410,8 @@ class Path(eqx.Module):
     - ``barrier`` $= \max_{\text{path}} E - E(a)$ and ``barrier_back``
       $= \max_{\text{path}} E - E(b)$ (the saddle included in the max);
     - ``converged``: the band stopped moving (see ``tol``) and the climbing image's
-      $\|\dot x\|$ is within it; ``iterations``: band updates made;
+      force $\|\partial E/\partial g\|$ is within it; ``iterations``: band updates made
+      (rejected steps included);
     - ``climbing_image``: the index of the image that climbed.
     """
 
@@ -513,7 +516,8 @@ def minimum_energy_path(
     **Saddle.** With ``refine`` (default: when the state has at most 4096 entries) the
     climbing image is polished by Newton's method on $\dot x = 0$
     (``optimistix.Newton``; it needs the energy to be twice differentiable there) and
-    accepted if it converges within one image spacing of the climbing image; its index
+    accepted if it lands within one image spacing of the climbing image with every
+    layer's $\|\dot x_A\|$ inside [`ham.relax`][]'s steady-state tolerance; its index
     (the number of eigenvalues of $\partial\dot x/\partial x$ with positive real part)
     is computed with [`ham.landscape.classify`][] where available, else from the dense
     Jacobian. A transition state has index 1.
@@ -585,8 +589,10 @@ def minimum_energy_path(
     if refine:
         spacing = float(jnp.max(jnp.linalg.norm(jnp.diff(band, axis=0), axis=-1)))
         x_s, ok = _newton(net, band[ci], clamped, shapes, tol)
-        if bool(ok) and float(jnp.linalg.norm(x_s - band[ci])) <= spacing and bool(jnp.all(jnp.isfinite(x_s))):
-            saddle, refined = _unflat(x_s, shapes, clamped), True
+        candidate = _unflat(x_s, shapes, clamped)
+        near = float(jnp.linalg.norm(x_s - band[ci])) <= spacing
+        if bool(ok) and near and bool(jnp.all(jnp.isfinite(x_s))) and _is_fixed(net, candidate, free):
+            saddle, refined = candidate, True
             index = _index(net, saddle)
     saddle_energy = net._energy(saddle)
     residual = jnp.linalg.norm(_flat(net.vector_field(0.0, saddle), free))
@@ -595,6 +601,17 @@ def minimum_energy_path(
         states=states, energies=energies, saddle=saddle, saddle_energy=saddle_energy, saddle_index=int(index),
         residual=residual, refined=refined, barrier=top_e - energies[0], barrier_back=top_e - energies[-1],
         converged=converged, iterations=iterations, climbing_image=jnp.asarray(ci),
+    )
+
+
+def _is_fixed(net, state, free) -> bool:
+    """Every free layer within ``ham.relax``'s steady-state tolerance (the criterion
+    ``classify`` accepts with a 10x margin)."""
+    tol = default_tolerances(jnp.result_type(*state.values()))
+    f = net.vector_field(0.0, state)
+    return all(
+        float(jnp.linalg.norm(jnp.ravel(f[k]))) <= tol["event_atol"] + tol["event_rtol"] * float(jnp.linalg.norm(jnp.ravel(state[k])))
+        for k in free
     )
 
 
