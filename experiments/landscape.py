@@ -53,12 +53,16 @@ GRIDS = {
     "full": dict(
         seeds=5, starts=300,
         classical=dict(N=[100, 200, 400], alpha=[0.02, 0.05, 0.08, 0.11, 0.14, 0.2]),
-        dense3=dict(N=[100, 200], frac=[0.25, 0.5, 1.0, 1.5, 2.0, 3.0]),
-        dense4=dict(N=[100], frac=[0.1, 0.25, 0.5, 1.0]),
+        dense3=dict(N=[100, 200], frac=[0.5, 1.0, 2.0]),
+        dense4=dict(N=[100], frac=[0.25, 1.0]),
         exponential=dict(N=[100], K=[50, 200, 1000]),
         ags=dict(N=[200, 400], K=[10, 20], triples=100),
-        continuous=dict(K=6, D=16, starts=48, betas=[0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0]),
+        continuous=dict(K=6, D=16, starts=48, betas=[0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 2.0, 4.0]),
         spread=dict(K=128, D=64, queries=256, betas=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]),
+        basins=dict(classical=[100, 200, 400], dense3=[100, 200, 400], exponential=[50, 100, 150],
+                    patterns=8, trials=16),
+        barriers=dict(betas=[1.0, 2.0, 4.0]),
+        large=dict(D=2000, K=8000, points=4),
     ),
     "quick": dict(
         seeds=3, starts=100,
@@ -69,6 +73,9 @@ GRIDS = {
         ags=dict(N=[200], K=[10, 20], triples=40),
         continuous=dict(K=4, D=12, starts=24, betas=[0.05, 0.2, 0.5, 1.0, 2.0, 4.0]),
         spread=dict(K=64, D=32, queries=64, betas=[0.01, 0.1, 1.0, 10.0]),
+        basins=dict(classical=[100, 200], dense3=[100, 200], exponential=[50, 100], patterns=4, trials=12),
+        barriers=dict(betas=[1.0, 4.0]),
+        large=dict(D=500, K=3000, points=4),
     ),
     "smoke": dict(
         seeds=2, starts=24,
@@ -79,6 +86,9 @@ GRIDS = {
         ags=dict(N=[64], K=[3], triples=8),
         continuous=dict(K=3, D=8, starts=12, betas=[0.1, 3.0]),
         spread=dict(K=16, D=8, queries=8, betas=[0.01, 10.0]),
+        basins=dict(classical=[32], dense3=[], exponential=[], patterns=2, trials=4),
+        barriers=dict(betas=[3.0]),
+        large=None,  # (the compile alone takes ~30 s)
     ),
 }
 
@@ -261,6 +271,78 @@ def spread_point(beta: float, seed: int, grid: dict) -> dict:
                 random=float(np.mean(np.asarray(L.attention_spread(mem, rand)))))
 
 
+# ------------------------------------------------------------------------- basins
+BASIN_LOADS = dict(classical=0.05, dense3=0.5, exponential=0.05)
+BASIN_RADII = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]  # Hamming distance / N
+
+
+def basin_load(model: str, n: int) -> int:
+    """K at the load scaling of each claim: classical alpha = K/N = 0.05 (< 1/(2 ln N) for
+    N <= 2e4), dense n = 3 at K ln N / N^2 fixed (half the capacity formula), exponential at
+    ln K / N = 0.05."""
+    if model == "classical":
+        return max(2, round(BASIN_LOADS["classical"] * n))
+    if model == "dense3":
+        return max(2, round(BASIN_LOADS["dense3"] * dense_capacity(3, n)))
+    return max(2, round(math.exp(BASIN_LOADS["exponential"] * n)))
+
+
+def basin_point(model: str, n: int, seed: int, grid: dict) -> dict:
+    k = basin_load(model, n)
+    rng = np.random.default_rng([seed, n, k, MODEL_IDS[model], 17])
+    xi = rng.choice([-1.0, 1.0], size=(k, n))
+    mem = _memory(model, xi)
+    radii = sorted({int(round(f * n)) for f in BASIN_RADII})
+    t0 = time.perf_counter()
+    b = L.basins(mem, xi[: grid["patterns"]], radii, trials=grid["trials"], key=jax.random.PRNGKey(seed))
+    return dict(K=k, radius_90=float(b.pooled_radius_90) / n, radius_50=float(b.pooled_radius_50) / n,
+                fraction=np.asarray(b.pooled_fraction).tolist(), radii=[r / n for r in radii],
+                seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------- barriers
+def barrier_point(beta: float, seed: int, grid: dict) -> dict:
+    """The minimum-energy path between the minima of the two closest stored patterns of the
+    continuous modern Hopfield HAM (the ``continuous`` part's patterns)."""
+    p = continuous_patterns(seed, grid)
+    mem = ham.memories.modern(jnp.asarray(p), beta=beta)
+    net = mem.network
+    g = p @ p.T - np.diag(np.full(len(p), np.inf))
+    i, j = np.unravel_index(np.argmax(g), g.shape)
+    sol = mem.relax(jnp.asarray(p[[i, j]]), event_rtol=1e-6, event_atol=1e-6)
+    a = {k: v[0] for k, v in sol.states.items()}
+    b = {k: v[1] for k, v in sol.states.items()}
+    dist = float(np.linalg.norm(np.asarray(a["v"] - b["v"])))
+    if dist < 1e-3 * math.sqrt(grid["D"]):  # both patterns relax to one (merged) minimum: no barrier
+        return dict(merged=True, barrier=0.0, saddle_index=-1, converged=True, seconds=0.0)
+    t0 = time.perf_counter()
+    path = L.minimum_energy_path(net, a, b, images=11, max_iterations=4000)
+    return dict(merged=False, barrier=float(path.barrier), barrier_back=float(path.barrier_back),
+                saddle_index=int(path.saddle_index), converged=bool(path.converged),
+                refined=bool(path.refined), cosine=float(p[i] @ p[j] / grid["D"]),
+                seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------- cost on a large state
+def large_point(seed: int, grid: dict) -> dict:
+    """census + classify (Lanczos, softmax factor) of a modern Hopfield HAM with D + K free neurons."""
+    rng = np.random.default_rng([seed, 19])
+    d, k = grid["D"], grid["K"]
+    p = _equal_norm_patterns(rng, k, d, math.sqrt(d))
+    mem = ham.memories.modern(jnp.asarray(p, jnp.float32), beta=20.0 / d)  # beta x separation ~ 18 > ln K
+    net = mem.network
+    q = p[: grid["points"]] + 0.2 * rng.standard_normal((grid["points"], d))
+    starts = mem.init_states(jnp.asarray(q, jnp.float32))
+    t0 = time.perf_counter()
+    c = L.census(net, starts)
+    t_census = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl = L.classify(net, c.points)
+    t_classify = time.perf_counter() - t0
+    return dict(state_size=d + k, points=int(c.num_points), minima=int(np.sum(np.asarray(cl.index) == 0)),
+                census_s=t_census, classify_s=t_classify)
+
+
 # ------------------------------------------------------------------------- summary
 def _first(xs, ys, pred):
     for x, y in zip(xs, ys):
@@ -327,7 +409,27 @@ def summarise(grid, results, seed_values) -> dict:
     for b in grid["spread"]["betas"]:
         recs = [results[f"spread/{b}/{s}"] for s in seeds]
         spread.append(dict(beta=b, near=_ci([r["near"] for r in recs]), random=_ci([r["random"] for r in recs])))
-    return dict(spurious=spurious, pattern_loss=loss, ags=ags, continuous=cont, transitions=trans, spread=spread)
+    basin_rows = []
+    for model in ("classical", "dense3", "exponential"):
+        for n in grid["basins"][model]:
+            recs = [results[f"basins/{model}/{n}/{s}"] for s in seeds]
+            basin_rows.append(dict(model=model, N=n, K=recs[0]["K"], radius_90=_ci([r["radius_90"] for r in recs]),
+                                   radius_50=_ci([r["radius_50"] for r in recs]),
+                                   seconds=float(np.mean([r["seconds"] for r in recs]))))
+    barrier_rows = []
+    for b in grid["barriers"]["betas"]:
+        recs = [results[f"barriers/{b}/{s}"] for s in seeds]
+        real = [r for r in recs if not r["merged"]]
+        barrier_rows.append(dict(
+            beta=b, merged=sum(r["merged"] for r in recs), barrier=_ci([r["barrier"] for r in real]) if real else None,
+            index_one=sum(r["saddle_index"] == 1 for r in real), paths=len(real),
+            converged=sum(r["converged"] for r in real), seconds=float(np.mean([r["seconds"] for r in recs]))))
+    large = [results[f"large/{s}"] for s in seeds] if grid["large"] else []
+    return dict(spurious=spurious, pattern_loss=loss, ags=ags, continuous=cont, transitions=trans, spread=spread,
+                basins=basin_rows, barriers=barrier_rows,
+                large=None if not large else dict(
+                    state_size=large[0]["state_size"], points=large[0]["points"], minima=[r["minima"] for r in large],
+                    census_s=[r["census_s"] for r in large], classify_s=[r["classify_s"] for r in large]))
 
 
 def figure(summary, path):
@@ -372,7 +474,13 @@ def main(argv=None):
     mode = cap.mode_of(args)
     grid = GRIDS[mode]
     out = cap.Outputs(NAME, mode, args.results_dir)
-    ck = out.checkpoint({"grid": grid, "seed": args.seed, "version": 1}, fresh=args.fresh)
+    # the keys name model, N, K, beta and seed index; the config holds what they do not
+    config = {"seed": args.seed, "starts": grid["starts"], "ags_triples": grid["ags"]["triples"],
+              "continuous": {k: v for k, v in grid["continuous"].items() if k != "betas"},
+              "spread": {k: v for k, v in grid["spread"].items() if k != "betas"},
+              "basins": {k: grid["basins"][k] for k in ("patterns", "trials")}, "version": 1}
+    # (the large-state case is keyed by seed only: its size lives in the summary, not in the config)
+    ck = out.checkpoint(config, fresh=args.fresh)
     seeds = [args.seed + s for s in range(grid["seeds"])]
     tasks = {}
     for model, n, k in _spurious_grid(grid):
@@ -388,6 +496,15 @@ def main(argv=None):
     for b in grid["spread"]["betas"]:
         for i, s in enumerate(seeds):
             tasks[f"spread/{b}/{i}"] = (spread_point, (b, s, grid["spread"]))
+    for model in ("classical", "dense3", "exponential"):
+        for n in grid["basins"][model]:
+            for i, s in enumerate(seeds):
+                tasks[f"basins/{model}/{n}/{i}"] = (basin_point, (model, n, s, grid["basins"]))
+    for b in grid["barriers"]["betas"]:
+        for i, s in enumerate(seeds):
+            tasks[f"barriers/{b}/{i}"] = (barrier_point, (b, s, grid["continuous"]))
+    for i, s in enumerate(seeds if grid["large"] else []):
+        tasks[f"large/{i}"] = (large_point, (s, grid["large"]))
     t0 = time.perf_counter()
     results = cap.run_grid(list(tasks), lambda key: tasks[key][0](*tasks[key][1]), ck, NAME,
                            progress=not args.no_progress)
@@ -403,6 +520,9 @@ def main(argv=None):
             continuous="Ramsauer et al. 2020: global averaging at small beta, metastable subset averages, "
                        "one fixed point per pattern at large beta (Theorem 3 sufficient condition)",
             spread="Ramsauer et al. 2020: the number of patterns holding 90 % of the softmax mass",
+            basins="Demircigil et al. 2017; Krotov 2023: basins of size O(N) (r*/N roughly constant in N at the "
+                   "claim's load scaling; an O(1/ln N) drift is expected)",
+            barriers="a saddle of index 1 on the minimum-energy path between neighbouring memories",
         ),
     )
     write_json(out.path("json"), summary)

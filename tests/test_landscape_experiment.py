@@ -13,7 +13,8 @@ def test_landscape_smoke_run_writes_every_part(tmp_path):
     landscape.main(["--smoke", "--results-dir", str(tmp_path), "--no-progress"])
     r = json.loads((tmp_path / "landscape_smoke.json").read_text())
     assert (tmp_path / "landscape_smoke.png").exists()
-    assert {"spurious", "pattern_loss", "ags", "continuous", "transitions", "spread", "claims"} <= set(r)
+    assert {"spurious", "pattern_loss", "ags", "continuous", "transitions", "spread", "basins", "barriers",
+            "claims"} <= set(r)
     for row in r["spurious"]:
         frac, distinct = row["spurious_fraction"][0], row["distinct_spurious"][0]
         assert 0.0 <= frac <= 1.0 and 0 <= distinct <= r["starts"]
@@ -32,6 +33,12 @@ def test_landscape_smoke_run_writes_every_part(tmp_path):
     # spread: the global average holds (nearly) all patterns, a large beta one
     assert r["spread"][0]["random"][0] >= 0.8 * r["grid"]["spread"]["K"]
     assert r["spread"][-1]["near"][0] == 1.0
+    # basins: the classical network at alpha = 0.05 returns from 10 % noise; radii are fractions of N
+    for row in r["basins"]:
+        assert 0.1 <= row["radius_90"][0] <= row["radius_50"][0] <= 0.5 + 1e-9
+    # barriers: two separated patterns at large beta are two minima with an index-1 saddle between
+    for row in r["barriers"]:
+        assert row["paths"] == r["seeds"] and row["barrier"][0] > 0 and row["index_one"] == row["paths"]
 
 
 def test_ramsauer_beta_is_the_root_of_the_separation_condition():
