@@ -90,7 +90,7 @@ GRIDS = {
     "full": dict(datasets=["mnist5k", "digits"], K=[2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, "all"],
                  queries=300, seeds=2, bootstrap=1000, similarities=list(SIMILARITIES),
                  separations=list(SEPARATIONS), corruptions=list(CORRUPTIONS)),
-    "quick": dict(datasets=["digits"], K=[2, 10, 50, 200, 1000, "all"], queries=100, seeds=2, bootstrap=200,
+    "quick": dict(datasets=["digits"], K=[2, 10, 50, 200, "all"], queries=100, seeds=2, bootstrap=200,
                   similarities=list(SIMILARITIES), separations=list(SEPARATIONS),
                   corruptions=["half", "noise0.1", "noise0.5", "mask0.5"]),
     "smoke": dict(datasets=["digits"], K=[2, 20, 200], queries=24, seeds=2, bootstrap=100,
