@@ -510,7 +510,7 @@ def main(argv=None):
                            progress=not args.no_progress)
     summary = summarise(grid, results, seeds)
     summary.update(
-        mode=mode, seeds=len(seeds), starts=grid["starts"], grid=grid, wall_s=time.perf_counter() - t0,
+        mode=mode, seeds=len(seeds), starts=grid["starts"], grid=grid, wall_s_last_invocation=time.perf_counter() - t0,
         command=f"python -m experiments.landscape{'' if mode == 'full' else ' --' + mode}",
         claims=dict(
             spurious="Krotov 2023 Fig. 1 / Krotov & Hopfield 2016: the classical landscape fills with spurious "
