@@ -842,10 +842,16 @@ def run_photos(args, cfg: Config, out: Path, stem: str) -> dict:
     t_start = time.perf_counter()
     data = load_dataset("photos")
     folds = group_folds(data, cfg.folds, seed=cfg.fold_seed)
+    chosen = range(len(folds))
+    if args.only_fold is not None:
+        if not 1 <= args.only_fold <= len(folds):
+            raise ValueError(f"--only-fold must be in [1, {len(folds)}] (folds are numbered from 1), got {args.only_fold}.")
+        chosen = [args.only_fold - 1]
     config = _config_dict(cfg)
     records, figs, remaining = [], [], args.stop_after
     partial_path = out / f"{stem}.partial.checkpoint.json"
-    for k, test_groups in enumerate(folds):
+    for k in chosen:
+        test_groups = folds[k]
         t_fold = time.perf_counter()
         split = photo_fold_split(cfg, data, test_groups)
         trained = train_models(
@@ -860,7 +866,7 @@ def run_photos(args, cfg: Config, out: Path, stem: str) -> dict:
                   file=sys.stderr)
             return {"stopped_at_epoch": trained.epoch, "stopped_in_fold": k, "folds_done": records}
         record, fig = evaluate_fold(cfg, split, trained)
-        record = {"fold": k, **record}
+        record, fig["fold"] = {"fold": k, **record}, k
         record["timings"]["wall_s_this_invocation"] = round(time.perf_counter() - t_fold, 3)
         records.append(record)
         figs.append(fig)
@@ -973,8 +979,8 @@ def figure_photo_training(figs: list, path: Path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for k, f in enumerate(figs):
-        h = f["history"]
+    for f in figs:
+        h, k = f["history"], f["fold"]
         ep = np.arange(1, len(h["et_train"]) + 1)
         for ax, part in zip(axes, ("train", "test")):
             ax.plot(ep, h[f"et_{part}"], color=f"C{k}", label=f"ET, fold {k + 1}")
@@ -1033,6 +1039,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="a tiny run for the tests (seconds)")
     p.add_argument("--folds", type=int, help="photos: folds of held-out photographs (default 3)")
     p.add_argument("--fold-seed", type=int, help="photos: seed dealing the photographs into folds (default 0)")
+    p.add_argument("--only-fold", type=int, default=None,
+                   help="photos: train and test this fold only (1..folds); results get the suffix _fold<K>_<epochs>ep")
     p.add_argument("--history-test", type=int,
                    help="held-out images for the per-epoch curve (default: all; 512 for photos)")
     p.add_argument("--results-dir", default=None, help="where results go (default experiments/results)")
@@ -1075,6 +1083,8 @@ def main(argv=None) -> dict:
     out = _results_dir(args.results_dir)
     stem = result_stem(cfg.dataset, args.quick, args.smoke)
     if cfg.dataset == "photos":
+        if args.only_fold is not None:
+            stem += f"_fold{args.only_fold}_{cfg.epochs}ep"
         return run_photos(args, cfg, out, stem)
     ckpt_path = out / "checkpoints" / f"{stem}.eqx"
 

@@ -121,3 +121,12 @@ def test_bad_photo_settings_are_refused(tmp_path):
         et_exp.load_split(et_exp.build_config(et_exp.parse_args(SMOKE)))
     with pytest.raises(SystemExit):
         et_exp.parse_args(SMOKE + ["--quick"])  # --quick and --smoke exclude each other
+
+
+def test_only_fold_trains_and_tests_that_fold_alone(tmp_path):
+    r = et_exp.main(SMOKE + ["--only-fold", "2", "--results-dir", str(tmp_path)])
+    folds = group_folds(load_dataset("photos"), 3, seed=0)
+    assert [f["test_photographs"] for f in r["split"]["folds"]] == [list(folds[1])]
+    assert (tmp_path / "energy_transformer_photos_smoke_fold2_1ep.json").exists()
+    with pytest.raises(ValueError, match=r"--only-fold must be in \[1, 3\]"):
+        et_exp.main(SMOKE + ["--only-fold", "4", "--results-dir", str(tmp_path)])
