@@ -510,7 +510,7 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def dam_classifier_mnist5k() -> str:
+def dam_classifier_mnist() -> str:
     r = load("dam_classifier_mnist5k.json")
     cfg = r["config"]
     names = {"nearest_neighbour_1": "1-nearest-neighbour (pixels)",
@@ -558,7 +558,7 @@ def dam_classifier_mnist5k() -> str:
     ])
 
 
-def ham_classifier_mnist5k() -> str:
+def ham_classifier_mnist() -> str:
     r = load("ham_classifier_mnist5k.json")
     cfg, s = r["config"], r["summary"]
     t, ly = s["paired_test"], s["lyapunov"]
@@ -593,8 +593,8 @@ RENDERERS = {
     "dense": dense,
     "uhn": uhn,
     "dam_classifier": dam_classifier,
-    "dam_classifier_mnist5k": dam_classifier_mnist5k,
-    "ham_classifier_mnist5k": ham_classifier_mnist5k,
+    "dam_classifier_mnist": dam_classifier_mnist,
+    "ham_classifier_mnist": ham_classifier_mnist,
     "energy_transformer": energy_transformer,
     "energy_transformer_patches": energy_transformer_patches,
     "bench_retrieval": bench_retrieval,

@@ -195,6 +195,11 @@ def test_experiment_tables_come_from_the_results_files(site):
     for row in fidelity["results"]:  # every row's cheapest method, with its cost, from the file
         if row["cheapest_99"] is not None:
             assert f"{row['cheapest_99']} ({row['cheapest_99_evals_vs_euler']:.2f}×" in text
+    dam = json.loads((ROOT / "experiments/results/dam_classifier_mnist5k.json").read_text())
+    assert f"{dam['dam_validated']['test_error'] * 100:.2f} %" in text
+    assert f"{dam['baselines']['relu_network']['test_error'] * 100:.2f} %" in text
+    ham_mnist = json.loads((ROOT / "experiments/results/ham_classifier_mnist5k.json").read_text())["summary"]
+    assert f"{ham_mnist['ham']['test_error'] * 100:.2f} %" in text and f"{ham_mnist['ffn']['test_error'] * 100:.2f} %" in text
     for figure in ("classical.png", "dense.png", "uhn.png", "dam_classifier.png"):
         assert (site_dir / "experiments" / "results" / figure).exists(), f"figure {figure} not in the site"
 
