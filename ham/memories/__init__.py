@@ -10,6 +10,9 @@ r"""Associative memory models, each an instance of the core (layers, synapses, H
 - [`krotov_hopfield_2021`][]: the visible + hidden model and its limits A, B, C.
 - [`convolutional`][]: an image memory with convolutional and pooling synapses
   (Krotov 2021, 2023).
+- [`random_features`][]: DenseAM through random features, one fixed-size tensor for any
+  number of patterns (Hoover et al. 2024); [`log_sum_exp`][] the exact energy it approximates.
+- [`epanechnikov`][]: the log-sum-ReLU energy with emergent memories (Hoover et al. 2025).
 
 [`sharded_retrieve`][ham.memories.sharded_retrieve] retrieves in one step with the
 patterns of a modern or universal memory split over devices ([`shard_memory`][ham.memories.shard_memory]).
@@ -29,6 +32,9 @@ from ._binary import (
 from ._convolutional import ConvolutionalMemory, convolutional
 from ._krotov_hopfield import LargeAssociativeMemory, krotov_hopfield_2021
 from ._modern import ModernHopfield, modern
+from ._one_layer import EnergySynapse, LogSumExpMemory, OneLayerMemory, log_sum_exp
+from ._random_features import FEATURE_KINDS, RandomFeatureMemory, random_features
+from ._epanechnikov import EpanechnikovMemory, epanechnikov
 from ._sdm import SparseDistributedMemory, sdm
 from ._sharded import shard_memory, sharded_energy, sharded_retrieve
 from ._universal import SEPARATIONS, SIMILARITIES, UniversalHopfield, universal
@@ -42,6 +48,9 @@ __all__ = [
     "sdm",
     "krotov_hopfield_2021",
     "convolutional",
+    "random_features",
+    "epanechnikov",
+    "log_sum_exp",
     "ClassicalHopfield",
     "DenseAssociativeMemory",
     "ExponentialAssociativeMemory",
@@ -50,6 +59,12 @@ __all__ = [
     "SparseDistributedMemory",
     "LargeAssociativeMemory",
     "ConvolutionalMemory",
+    "RandomFeatureMemory",
+    "EpanechnikovMemory",
+    "LogSumExpMemory",
+    "OneLayerMemory",
+    "EnergySynapse",
+    "FEATURE_KINDS",
     "SIMILARITIES",
     "SEPARATIONS",
     "shard_memory",

@@ -164,6 +164,10 @@ def shard_memory(memory, mesh: Mesh, pattern_axis: str = "patterns", *, pad: boo
     memory's ``network`` (where it has one) carries the same sharding along its hidden
     axis, so [`ham.relax`][] runs sharded too.
     """
+    from ._one_layer import OneLayerMemory  # noqa: PLC0415
+    if isinstance(memory, OneLayerMemory):  # epanechnikov / log_sum_exp / random_features
+        from ._sharded_one_layer import shard_one_layer  # noqa: PLC0415
+        return shard_one_layer(memory, mesh, pattern_axis, pad=pad)
     _config(memory, "shard_memory")
     mesh, axis = _mesh_of("shard_memory", memory.patterns, mesh, pattern_axis, move=True)
     k, n = memory.patterns.shape[0], mesh.shape[axis]
@@ -629,6 +633,10 @@ def sharded_retrieve(
     float32 and the result is float32.
     """
     caller = "sharded_retrieve"
+    from ._one_layer import OneLayerMemory  # noqa: PLC0415
+    if isinstance(memory, OneLayerMemory):  # relaxation with rows on the mesh (see _sharded_one_layer)
+        from ._sharded_one_layer import sharded_one_layer  # noqa: PLC0415
+        return sharded_one_layer("retrieve", memory, queries, mesh, pattern_axis, data_axis, caller)
     cfg, mesh, axis, args, single = _prepare(caller, memory, queries, mesh, pattern_axis, data_axis)
     b = args["queries"].shape[0]
     keys = jnp.zeros((b, 2), jnp.uint32)
@@ -663,6 +671,10 @@ def sharded_energy(
     [`sharded_retrieve`][ham.memories.sharded_retrieve] (same arguments). For universal
     memories only where an energy exists (``memory.has_energy``)."""
     caller = "sharded_energy"
+    from ._one_layer import OneLayerMemory  # noqa: PLC0415
+    if isinstance(memory, OneLayerMemory):
+        from ._sharded_one_layer import sharded_one_layer  # noqa: PLC0415
+        return sharded_one_layer("energy", memory, states, mesh, pattern_axis, data_axis, caller)
     if isinstance(memory, UniversalHopfield) and not memory.has_energy:
         memory.energy(jnp.zeros((memory.dim,), memory.patterns.dtype))  # raises its own clear error
     cfg, mesh, axis, args, single = _prepare(caller, memory, states, mesh, pattern_axis, data_axis, "states")
