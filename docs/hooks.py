@@ -459,7 +459,11 @@ def landscape() -> str:
     return "\n\n".join([
         f"Run: `{r['command']}` ({r['seeds']} seeds, {r['starts']} random starts per grid point; "
         f"± = 95 % t interval over seeds; the run resumes from its checkpoint, so its cost is the sum of the "
-        "per-point timings below, not one wall-clock figure).",
+        "per-point timings below, not one wall-clock figure)."
+        + ("" if r.get("complete", True) else
+           f" **Incomplete run**: {len(r['missing'])} grid points were not computed in the time given "
+           f"(`--max-minutes`; rerun to resume): " + ", ".join(f"`{m}`" for m in r["missing"][:12])
+           + (" …" if len(r["missing"]) > 12 else "") + "; the rows below use the seeds done."),
         "**Spurious fixed points vs load** (claim: Krotov 2023 Fig. 1, Krotov & Hopfield 2016 — the classical "
         "landscape fills with spurious minima as the load grows, dense memories keep their patterns as minima up to "
         "K ≈ N^(n−1)/(2(2n−3)!! ln N); the classical column 'capacity' is AGS's 0.138 N):",

@@ -352,12 +352,20 @@ def _first(xs, ys, pred):
 
 
 def summarise(grid, results, seed_values) -> dict:
+    """Tables over seeds; a grid point some of whose seeds are missing (a run stopped by
+    ``--max-minutes``) uses the seeds done (``seeds`` in its row), one with none is left out."""
     seeds = range(grid["seeds"])
+
+    def got(prefix):
+        return [results[f"{prefix}/{s}"] for s in seeds if f"{prefix}/{s}" in results]
+
     theorem = [ramsauer_beta(continuous_patterns(s, grid["continuous"])) for s in seed_values]
     spurious = []
     for model, n, k in _spurious_grid(grid):
-        recs = [results[f"spurious/{model}/{n}/{k}/{s}"] for s in seeds]
-        row = dict(model=model, N=n, K=k, load=k / n if model == "classical" else k,
+        recs = got(f"spurious/{model}/{n}/{k}")
+        if not recs:
+            continue
+        row = dict(model=model, N=n, K=k, seeds=len(recs), load=k / n if model == "classical" else k,
                    capacity_theory=(0.138 * n if model == "classical" else
                                     dense_capacity(3 if model == "dense3" else 4, n) if model.startswith("dense")
                                     else None))
@@ -384,15 +392,18 @@ def summarise(grid, results, seed_values) -> dict:
     ags = []
     for n in grid["ags"]["N"]:
         for k in grid["ags"]["K"]:
-            recs = [results[f"ags/{n}/{k}/{s}"] for s in seeds]
-            ags.append(dict(N=n, K=k, alpha=k / n,
+            recs = got(f"ags/{n}/{k}")
+            if not recs:
+                continue
+            ags.append(dict(N=n, K=k, alpha=k / n, seeds=len(recs),
                             **{f: _ci([r[f] for r in recs]) for f in
                                ("stable_fraction", "symmetric_fraction", "overlap", "energy", "energy_pattern")}))
     cont = []
     betas = grid["continuous"]["betas"]
+    betas = [b for b in betas if got(f"continuous/{b}")]
     for b in betas:
-        recs = [results[f"continuous/{b}/{s}"] for s in seeds]
-        cont.append(dict(beta=b, **{f: _ci([r[f] for r in recs]) for f in
+        recs = got(f"continuous/{b}")
+        cont.append(dict(beta=b, seeds=len(recs), **{f: _ci([r[f] for r in recs]) for f in
                                     ("minima", "single_pattern_minima", "saddles_found", "converged")},
                          spreads=[r["spreads"] for r in recs],
                          census_s=float(np.mean([r["census_s"] for r in recs])),
@@ -401,30 +412,36 @@ def summarise(grid, results, seed_values) -> dict:
     trans = dict(
         beta_first_several_minima=_first(betas, [c["minima"][0] for c in cont], lambda v: v > 1.0),
         beta_one_minimum_per_pattern=_first(
-            betas, [min(results[f"continuous/{b}/{s}"]["single_pattern_minima"] for s in seeds) for b in betas],
+            betas, [min(r["single_pattern_minima"] for r in got(f"continuous/{b}")) for b in betas],
             lambda v: v >= kk),
         beta_theorem=_ci(theorem),
     )
     spread = []
     for b in grid["spread"]["betas"]:
-        recs = [results[f"spread/{b}/{s}"] for s in seeds]
+        recs = got(f"spread/{b}")
+        if not recs:
+            continue
         spread.append(dict(beta=b, near=_ci([r["near"] for r in recs]), random=_ci([r["random"] for r in recs])))
     basin_rows = []
     for model in ("classical", "dense3", "exponential"):
         for n in grid["basins"][model]:
-            recs = [results[f"basins/{model}/{n}/{s}"] for s in seeds]
-            basin_rows.append(dict(model=model, N=n, K=recs[0]["K"], radius_90=_ci([r["radius_90"] for r in recs]),
+            recs = got(f"basins/{model}/{n}")
+            if not recs:
+                continue
+            basin_rows.append(dict(model=model, N=n, K=recs[0]["K"], seeds=len(recs), radius_90=_ci([r["radius_90"] for r in recs]),
                                    radius_50=_ci([r["radius_50"] for r in recs]),
                                    seconds=float(np.mean([r["seconds"] for r in recs]))))
     barrier_rows = []
     for b in grid["barriers"]["betas"]:
-        recs = [results[f"barriers/{b}/{s}"] for s in seeds]
+        recs = got(f"barriers/{b}")
+        if not recs:
+            continue
         real = [r for r in recs if not r["merged"]]
         barrier_rows.append(dict(
             beta=b, merged=sum(r["merged"] for r in recs), barrier=_ci([r["barrier"] for r in real]) if real else None,
             index_one=sum(r["saddle_index"] == 1 for r in real), paths=len(real),
             converged=sum(r["converged"] for r in real), seconds=float(np.mean([r["seconds"] for r in recs]))))
-    large = [results[f"large/{s}"] for s in seeds] if grid["large"] else []
+    large = got("large") if grid["large"] else []
     return dict(spurious=spurious, pattern_loss=loss, ags=ags, continuous=cont, transitions=trans, spread=spread,
                 basins=basin_rows, barriers=barrier_rows,
                 large=None if not large else dict(
@@ -462,7 +479,7 @@ def figure(summary, path):
     s = summary["spread"]
     ax[2].plot([r["beta"] for r in s], [r["near"][0] for r in s], "o-", label="queries near a pattern")
     ax[2].plot([r["beta"] for r in s], [r["random"][0] for r in s], "s-", label="random queries")
-    ax[2].set(xscale="log", yscale="log", xlabel="β", ylabel="patterns holding 90 % of the softmax",
+    ax[2].set(xscale="log", yscale="log" if s else "linear", xlabel="β", ylabel="patterns holding 90 % of the softmax",
               title="Attention spread")
     ax[2].legend(fontsize=7)
     save_figure(fig, path)
@@ -470,6 +487,9 @@ def figure(summary, path):
 
 def main(argv=None):
     p = cap.make_parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new grid points after this many minutes; the results then list what is "
+                        "missing (rerun to resume)")
     args = p.parse_args(argv)
     mode = cap.mode_of(args)
     grid = GRIDS[mode]
@@ -505,10 +525,24 @@ def main(argv=None):
             tasks[f"barriers/{b}/{i}"] = (barrier_point, (b, s, grid["continuous"]))
     for i, s in enumerate(seeds if grid["large"] else []):
         tasks[f"large/{i}"] = (large_point, (s, grid["large"]))
+    # the costliest parts last, so that a run stopped by --max-minutes has every other part
+    last = ("spurious/dense4/", "spurious/exponential/", "large/")
+    order = sorted(tasks, key=lambda key: key.startswith(last))
     t0 = time.perf_counter()
-    results = cap.run_grid(list(tasks), lambda key: tasks[key][0](*tasks[key][1]), ck, NAME,
-                           progress=not args.no_progress)
+    from tqdm import tqdm
+
+    todo = [key for key in order if key not in ck]
+    with tqdm(total=len(order), initial=len(order) - len(todo), desc=NAME, disable=args.no_progress) as bar:
+        for key in todo:
+            if args.max_minutes is not None and time.perf_counter() - t0 > 60 * args.max_minutes:
+                break
+            bar.set_postfix_str(key)
+            ck.put(key, tasks[key][0](*tasks[key][1]))
+            bar.update(1)
+    results = {key: ck[key] for key in order if key in ck}
+    missing = [key for key in order if key not in ck]
     summary = summarise(grid, results, seeds)
+    summary.update(complete=not missing, missing=missing)
     summary.update(
         mode=mode, seeds=len(seeds), starts=grid["starts"], grid=grid, wall_s_last_invocation=time.perf_counter() - t0,
         command=f"python -m experiments.landscape{'' if mode == 'full' else ' --' + mode}",
