@@ -136,7 +136,9 @@ def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solu
 def _implicit(net, xs, final, adjoint):
     """The final states with the implicit-function-theorem derivative, per query (the
     identity on values): ``dx*/dθ = -(∂f/∂x)⁻¹ ∂f/∂θ`` at each query's fixed point."""
-    from .solve import _rewrite
+    from .solve import _in_state_dtype, _rewrite
+
+    net = _in_state_dtype(net, jnp.result_type(*xs.values()))
 
     def one(x0, root):
         return optxi.implicit_jvp(_given_root, _rewrite, (net, x0, root), adjoint.tags, adjoint.linear_solver)[0]
@@ -158,14 +160,17 @@ def _run(net, xs, cfg):
     terms = diffrax.ODETerm(_vf)
     error_order = solver.error_order(terms)
 
-    # times and state dtypes as diffeqsolve chooses them (t0 = 0, t1, dt0 = min tau)
-    from .solve import _min_tau
+    # times and state dtypes as the vmapped solve's diffeqsolve chooses them: the solve
+    # runs in the state dtype (t0, dt0 and array taus cast to it)
+    from .solve import _in_state_dtype, _start_times
 
-    dt0 = _min_tau(net) if dt0 is None else dt0
+    sdtype = jnp.result_type(*xs.values())
+    net = _in_state_dtype(net, sdtype)
+    t0, dt0 = _start_times(net, dt0, solver, sdtype)
     with jax.numpy_dtype_promotion("standard"):
-        tdtype = jnp.result_type(0.0, t1_, dt0)
+        tdtype = jnp.result_type(t0, t1_, dt0)
         ydtype = {k: jnp.result_type(v.dtype, tdtype) for k, v in xs.items()}
-    t0 = jnp.asarray(0.0, tdtype)
+    t0 = jnp.asarray(t0, tdtype)
     t1 = jnp.asarray(t1_, tdtype)
     dt0 = jnp.asarray(dt0, tdtype)
     clip_floor = np.asarray(t1_, tdtype)

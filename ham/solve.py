@@ -167,8 +167,8 @@ def _solve(inputs):
     """One unbatched diffrax solve; returns (final state, (trace, stats))."""
     net, xs0, static = inputs
     (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint) = static.value
+    t0, dt0 = _start_times(net, dt0, solver, jnp.result_type(*jax.tree_util.tree_leaves(xs0)))
     if isinstance(solver, ExponentialEuler):
-        dt0 = _min_tau(net) if dt0 is None else dt0
         y0 = monitored(net, xs0)
         energy = lambda t, y, args: y.energy  # noqa: E731
         cond = lambda t, y, args, **kw: _at_fixed_point(y, event_rtol, event_atol)  # noqa: E731
@@ -186,13 +186,36 @@ def _solve(inputs):
         subs=[diffrax.SubSaveAt(t1=True), diffrax.SubSaveAt(t0=True, steps=True, fn=energy)]
     )
     sol = diffrax.diffeqsolve(
-        term, solver, t0=0.0, t1=t1, dt0=dt0, y0=y0, args=net, saveat=saveat,
+        term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=net, saveat=saveat,
         stepsize_controller=controller, event=diffrax.Event(cond), max_steps=max_steps, throw=False,
         adjoint=adjoint,
     )
     final = jax.tree_util.tree_map(lambda y: y[-1], final_of(sol.ys[0]))
     stats = (sol.stats["num_accepted_steps"], sol.stats["num_steps"])
     return final, (sol.ys[1], sol.ts[1], stats, sol.result)
+
+
+def _start_times(net, dt0, solver, dtype):
+    """``(t0, dt0)`` in the state ``dtype``: diffrax takes its time dtype from them and
+    promotes the states to it, so a float64 time (a Python-float tau under x64) would run
+    a float32 solve in float64. ``dt0`` defaults to the smallest tau for
+    ``ExponentialEuler`` (``None``: diffrax's own first-step choice for other solvers)."""
+    if isinstance(solver, ExponentialEuler) and dt0 is None:
+        dt0 = _min_tau(net)
+    return jnp.zeros((), dtype), (None if dt0 is None else jnp.asarray(dt0).astype(dtype))
+
+
+def _in_state_dtype(net: HAM, dtype) -> HAM:
+    """``net`` with its array time constants cast to the state ``dtype`` (a float64 tau
+    would promote float32 states to float64: relax computes in the state dtype)."""
+    def cast(tau):
+        return isinstance(tau, jax.Array) and jnp.issubdtype(tau.dtype, jnp.floating) and tau.dtype != dtype
+
+    names = [k for k, layer in net.layers.items() if cast(layer.tau)]
+    if not names:
+        return net
+    return eqx.tree_at(lambda n: [n.layers[k].tau for k in names], net,
+                       [net.layers[k].tau.astype(dtype) for k in names])
 
 
 def _rewrite(root, residual, inputs):
@@ -295,7 +318,9 @@ def relax(
     only to other layers (no self-coupling) is block-coordinate descent of the energy.
     Measured on the suite of ``experiments/bench_relax.py``: see the README. Layers with
     ``legendre=False`` (no leak) take explicit Euler steps, accepted only downhill.
-    Tolerances default by dtype and solver ([`ham.solve.default_tolerances`][]).
+    Tolerances default by dtype and solver ([`ham.solve.default_tolerances`][]). The solve
+    runs in the states' dtype: the times (``t0``, ``dt0``) and array time constants are
+    cast to it, so a float32 solve stays float32 under x64.
 
     A batch of states (any leading shape) is solved element by element (``vmap``):
     every query has its own step sizes, stopping time and ``num_steps``.
@@ -373,6 +398,7 @@ def relax(
 @eqx.filter_jit
 def _relax(net, xs0, static, adjoint, batch):
     implicit = isinstance(adjoint, diffrax.ImplicitAdjoint)
+    net = _in_state_dtype(net, jnp.result_type(*xs0.values()))
 
     def one(x0):
         inputs = (net, x0, static)

@@ -1,0 +1,232 @@
+"""Streamed relaxation (``ham.relax(..., window=W)``): per query the same result as the
+vmapped solve, at a cost of about N·mean/W + max loop iterations."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ham
+from ham import _stream
+
+
+def _classical(dtype, batch, key, n=64, k=6, flip=0.15):
+    k1, k2 = jax.random.split(key)
+    p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
+    q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, flip, (batch, n)), -1.0, 1.0).astype(dtype)
+    return ham.memories.classical(p).make_network(beta=4.0), {"v": 0.5 * q}
+
+
+def _modern(dtype, batch, key, num=40, dim=16):
+    k1, k2 = jax.random.split(key)
+    x = (jax.random.normal(k1, (num, dim)) / np.sqrt(dim)).astype(dtype)
+    q = x[jnp.arange(batch) % num] + (0.5 / np.sqrt(dim)) * jax.random.normal(k2, (batch, dim), dtype)
+    mem = ham.memories.modern(x, beta=8.0)
+    return mem.network, mem.init_states(q)
+
+
+def _dense_model_a(dtype, batch, key, n=32, k=24):
+    k1, k2 = jax.random.split(key)
+    p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0).astype(dtype)
+    mem = ham.memories.krotov_hopfield_2021(p / jnp.sqrt(jnp.asarray(n, dtype)), model="A", n=3)
+    q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.15, (batch, n)), -1.0, 1.0).astype(dtype)
+    return mem.network, mem.init_states(q)
+
+
+NETS = {"classical_tanh": _classical, "modern_two_layer": _modern, "dense_model_A": _dense_model_a}
+
+
+def _tolerance(sol_ref, dtype):
+    """The steady-state tolerance per query and layer: event_atol + event_rtol |x*_A|."""
+    tol = ham.default_tolerances(dtype)
+    return {k: tol["event_atol"] + tol["event_rtol"] * np.linalg.norm(np.asarray(v).reshape(v.shape[0], -1), axis=1)
+            for k, v in sol_ref.states.items()}
+
+
+def _distance(a, b):
+    return {k: np.linalg.norm((np.asarray(a.states[k]) - np.asarray(b.states[k])).reshape(a.states[k].shape[0], -1),
+                              axis=1) for k in a.states}
+
+
+def _assert_same_per_query(ref, got, dtype, steps_slack=0):
+    """Same converged flags; num_steps within ``steps_slack`` (then both stops lie within
+    the tolerance of the fixed point, so the states within twice it), otherwise the same
+    reason and the states within the tolerance. Returns the fraction of equal num_steps."""
+    tol = _tolerance(ref, dtype)
+    d = _distance(ref, got)
+    for k in d:
+        assert np.all(d[k] <= (2 if steps_slack else 1) * tol[k]), (k, d[k].max(), tol[k].min())
+    dn = np.abs(np.asarray(ref.num_steps) - np.asarray(got.num_steps))
+    assert dn.max() <= steps_slack, (np.asarray(ref.num_steps), np.asarray(got.num_steps))
+    np.testing.assert_array_equal(np.asarray(ref.converged), np.asarray(got.converged))
+    if steps_slack == 0:
+        np.testing.assert_array_equal(np.asarray(ref.reason_code), np.asarray(got.reason_code))
+    return float(np.mean(dn == 0))
+
+
+# One batch size and window for most tests, so the compiled solves are shared between them.
+N, W = 37, 8
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_streamed_equals_vmapped_per_query_float64(x64, name):
+    net, xs = NETS[name](jnp.float64, N, jax.random.PRNGKey(1))
+    ref = ham.relax(net, xs)
+    got = ham.relax(net, xs, window=W)  # 37 queries: not a multiple of the window
+    _assert_same_per_query(ref, got, jnp.float64)
+    assert got.states[next(iter(got.states))].dtype == jnp.float64
+    # the energy trace, padding included, and the residual are the vmapped solve's
+    np.testing.assert_allclose(np.asarray(got.energies), np.asarray(ref.energies), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(got.times), np.asarray(ref.times), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(got.residual), np.asarray(ref.residual), rtol=1e-6, atol=1e-12)
+    # work: two evaluations fewer per query (one shared start evaluation, no final check)
+    np.testing.assert_allclose(np.asarray(got.num_evaluations), np.asarray(ref.num_evaluations) - 2.0)
+
+
+# float32: modern in the default suite, the other two (about 1 min of compiles) marked slow
+@pytest.mark.parametrize("name", [pytest.param("classical_tanh", marks=pytest.mark.slow),
+                                  pytest.param("dense_model_A", marks=pytest.mark.slow), "modern_two_layer"])
+def test_streamed_float32_within_two_steps_of_vmapped(name, record_property):
+    net, xs = NETS[name](jnp.float32, 48, jax.random.PRNGKey(2))
+    ref = ham.relax(net, xs)
+    got = ham.relax(net, xs, window=12)
+    assert got.states[next(iter(got.states))].dtype == ref.states[next(iter(ref.states))].dtype == jnp.float32
+    equal = _assert_same_per_query(ref, got, jnp.float32, steps_slack=2)
+    record_property("same_num_steps_fraction", equal)
+    print(f"{name} float32: same num_steps for {equal:.1%} of queries")
+
+
+def test_heterogeneous_queries_at_rest_and_at_max_steps(x64):
+    net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(3), flip=0.3)
+    # every third query starts at rest (x = 0, an exact fixed point: 0 steps); a small
+    # max_steps stops the slow ones
+    start = {"v": jnp.where((jnp.arange(N) % 3 == 0)[:, None], 0.0, xs["v"])}
+    ref = ham.relax(net, start, max_steps=9)
+    got = ham.relax(net, start, max_steps=9, window=W)
+    codes = np.asarray(ref.reason_code)
+    assert np.all(np.asarray(ref.num_steps)[::3] == 0) and {0, 1} <= set(codes.tolist())
+    _assert_same_per_query(ref, got, jnp.float64)
+    np.testing.assert_array_equal(np.asarray(got.reason_code), codes)
+    assert np.all(np.asarray(got.num_steps)[codes == 1] <= 9)
+
+
+@pytest.mark.parametrize("window", [1, 100])
+def test_one_slot_and_more_slots_than_queries_give_the_same_results(x64, window):
+    net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(4))
+    ref = ham.relax(net, xs)
+    got = ham.relax(net, xs, window=window)
+    _assert_same_per_query(ref, got, jnp.float64)
+
+
+def test_refill_chunk_does_not_change_results(x64):
+    net, xs = _modern(jnp.float64, N, jax.random.PRNGKey(5))
+    ref = ham.relax(net, xs)
+    w = _stream.Window(W, 3)
+    got = ham.relax(net, xs, window=w)
+    _assert_same_per_query(ref, got, jnp.float64)
+    assert w.stats["chunk"] == 3
+    # 29 queries after the first window, loaded 3 at a time (the last chunk is short)
+    assert w.stats["refills"] == -(-(N - W) // 3)
+
+
+def test_iterations_scale_with_mean_steps_not_with_slowest(x64):
+    """A vmapped batch costs N/W · max iterations of W queries; the stream about N·mean/W + max."""
+    net, noisy = _classical(jnp.float64, N, jax.random.PRNGKey(6), flip=0.3)
+    _, near = _classical(jnp.float64, N, jax.random.PRNGKey(6), flip=0.02)
+    # one query in six is noisy (many steps), the others start near a stored pattern (few)
+    start = {"v": jnp.where((jnp.arange(N) % 6 == 0)[:, None], noisy["v"], near["v"])}
+    ref = ham.relax(net, start)
+    w = _stream.Window(W)
+    got = ham.relax(net, start, window=w)
+    _assert_same_per_query(ref, got, jnp.float64)
+    # one moving layer: evaluations = 3 + attempted steps in the vmapped count
+    attempted = np.asarray(ref.num_evaluations) - 3.0
+    bound = N * attempted.mean() / W + attempted.max()
+    vmapped_cost = N / W * attempted.max()
+    assert attempted.max() > 2 * attempted.mean()  # a heterogeneous set
+    assert attempted.sum() / W <= w.stats["iterations"] <= 1.1 * bound, (w.stats, bound)
+    assert w.stats["iterations"] < 0.6 * vmapped_cost, (w.stats, vmapped_cost)
+
+
+def test_summary_trace_keeps_start_and_end(x64):
+    net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(7))
+    ref = ham.relax(net, xs)
+    got = ham.relax(net, xs, window=W, trace=False)
+    assert got.energies.shape == (N, 2) and got.times.shape == (N, 2)
+    n = np.asarray(ref.num_steps)
+    e, t = np.asarray(ref.energies), np.asarray(ref.times)
+    np.testing.assert_allclose(np.asarray(got.energies), np.stack([e[:, 0], e[np.arange(N), n]], 1), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(got.times), np.stack([t[:, 0], t[np.arange(N), n]], 1), rtol=1e-12)
+    _assert_same_per_query(ref, got, jnp.float64)
+
+
+def test_batch_shape_jit_and_finite_t1(x64):
+    net, xs = _classical(jnp.float64, 12, jax.random.PRNGKey(8))
+    xs2 = {"v": xs["v"].reshape(3, 4, -1)}
+    ref = ham.relax(net, xs2, t1=1.5)
+    got = jax.jit(lambda x: ham.relax(net, x, t1=1.5, window=5))(xs2)
+    assert got.num_steps.shape == (3, 4) and got.states["v"].shape == xs2["v"].shape
+    np.testing.assert_array_equal(np.asarray(got.num_steps), np.asarray(ref.num_steps))
+    np.testing.assert_array_equal(np.asarray(got.reason_code), np.asarray(ref.reason_code))
+    np.testing.assert_allclose(np.asarray(got.states["v"]), np.asarray(ref.states["v"]), rtol=1e-9, atol=1e-12)
+    # the end clipping lands every unconverged query on t1 exactly
+    t_end = np.asarray(got.times)[..., -1]
+    np.testing.assert_array_equal(t_end[np.asarray(got.reason_code) != 0], 1.5)
+
+
+def test_implicit_gradient_through_streamed_solve_equals_vmapped(x64):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(9))
+    x = jax.random.normal(k1, (12, 8)) / np.sqrt(8)
+    q = x[jnp.arange(10) % 12] + 0.2 * jax.random.normal(k2, (10, 8))
+
+    def loss(patterns, window):
+        mem = ham.memories.modern(patterns, beta=4.0)
+        sol = ham.relax(mem.network, mem.init_states(q), window=window)
+        return jnp.sum(jnp.sin(sol.states["v"]))
+
+    g_ref = jax.grad(loss)(x, None)
+    g = jax.grad(loss)(x, 4)
+    assert float(jnp.max(jnp.abs(g_ref))) > 1e-3
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6, atol=1e-9)
+
+
+def test_bad_window_arguments_are_refused():
+    net, xs = _classical(jnp.float32, 4, jax.random.PRNGKey(10), n=16, k=2)
+    with pytest.raises(ValueError, match="window must be a positive integer.*got 0"):
+        ham.relax(net, xs, window=0)
+    with pytest.raises(ValueError, match="window must be a positive integer.*got -3"):
+        ham.relax(net, xs, window=-3)
+    for bad in (2.5, True, np.float32(4.0)):
+        with pytest.raises(TypeError, match="window must be a positive integer"):
+            ham.relax(net, xs, window=bad)
+    with pytest.raises(ValueError, match="window='auto' is not implemented"):
+        ham.relax(net, xs, window="auto")
+    with pytest.raises(ValueError, match="refill chunk must be a positive integer"):
+        ham.relax(net, xs, window=_stream.Window(4, 0))
+    with pytest.raises(ValueError, match="ExponentialEuler only, got solver=Tsit5"):
+        ham.relax(net, xs, window=4, solver=diffrax.Tsit5())
+    with pytest.raises(ValueError, match="implicit function theorem only; got adjoint=RecursiveCheckpointAdjoint"):
+        ham.relax(net, xs, window=4, adjoint=diffrax.RecursiveCheckpointAdjoint())
+    with pytest.raises(ValueError, match="trace=False .* needs a streamed solve"):
+        ham.relax(net, xs, trace=False)
+    with pytest.raises(ValueError, match="at least one query"):
+        ham.relax(net, {"v": xs["v"][:0]}, window=4)
+
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_float32_solve_stays_float32_under_x64(x64, window):
+    """Under x64 a Python-float or float64 tau (hence dt0) must not promote a float32 solve."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 5)).astype(np.float32) / 4
+    layers = {"v": ham.Layer(ham.lagrangians.tanh, (12,), tau=1.0),  # a Python float
+              "h": ham.Layer(ham.lagrangians.softmax, (5,), tau=jnp.asarray(0.1, jnp.float64))}
+    net = ham.HAM(layers=layers, synapses={"w": ham.synapses.Dense(jnp.asarray(w))}, connections={"w": ("v", "h")})
+    xs = {"v": jnp.asarray(rng.normal(size=(6, 12)), jnp.float32), "h": jnp.zeros((6, 5), jnp.float32)}
+    sol = ham.relax(net, xs, window=window)
+    for leaf in (*sol.states.values(), sol.energies, sol.times, sol.residual):
+        assert leaf.dtype == jnp.float32, leaf.dtype
+    assert bool(jnp.all(sol.converged))
+    sol64 = ham.relax(net, {k: v.astype(jnp.float64) for k, v in xs.items()}, window=window)
+    assert sol64.states["v"].dtype == jnp.float64 and sol64.times.dtype == jnp.float64
