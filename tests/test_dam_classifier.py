@@ -118,6 +118,12 @@ def test_mnist_without_files_names_them_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_bad_temperatures_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="--temperatures must list positive"):
+        dc.main(["--smoke", "--dataset", "mnist5k", "--temperatures", "0.5,0", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_degrees_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n >= 2"):
         dc.main(["--smoke", "--degrees", "1,2", "--out", str(tmp_path / "r")])
