@@ -41,7 +41,7 @@ from ._landscape_paths import Basins, Path, basins, minimum_energy_path, wilson_
 
 __all__ = [
     "Census", "Classification", "Labels", "census", "classify", "label", "attention_spread", "lanczos",
-    "LABELS", "DENSE_MAX", "basins", "minimum_energy_path", "Basins", "Path", "wilson_interval",
+    "basins", "minimum_energy_path", "Basins", "Path", "wilson_interval",
 ]
 
 #: ``classify`` uses a dense eigendecomposition up to this many free neurons, Lanczos above.
@@ -91,6 +91,7 @@ class Census(eqx.Module):
 
     @property
     def num_points(self) -> int:
+        """``M``, the number of distinct fixed points found."""
         return int(self.counts.shape[0])
 
 
@@ -441,9 +442,13 @@ def classify(
     $J = -T^{-1}(\Lambda + WH)$ with $H = \mathrm{blockdiag}(\nabla^2 L_A) \succeq 0$ and
     $W = \nabla_g^2 E_{syn}$ (symmetric). When $T$ commutes with $H$ (one τ per layer, or
     per-neuron τ on a layer whose Hessian is diagonal, i.e. an elementwise Lagrangian),
-    $S = H^{1/2}T^{1/2}$ gives, for invertible $H$,
-    $$S(-J)S^{-1} = T^{-1/2}(\Lambda + H^{1/2}WH^{1/2})T^{-1/2} =: A,$$
-    a symmetric operator; by continuity of eigenvalues ($H+\epsilon I$, $\epsilon\to0$) the
+    $S = H^{1/2}T^{1/2}$ gives, for invertible $H$, the symmetric operator
+
+    $$
+    A := S(-J)S^{-1} = T^{-1/2}(\Lambda + H^{1/2}WH^{1/2})T^{-1/2};
+    $$
+
+    by continuity of eigenvalues ($H+\epsilon I$, $\epsilon\to0$) the
     spectra of $-J$ and $A$ agree for singular $H$ too. So the Jacobian's eigenvalues are
     real, $-\mathrm{eig}(A)$, and ``index`` = the number of negative eigenvalues of $A$.
     This is not the Hessian of $E(x)$: along null directions of $H$ (softmax's shift,
