@@ -56,7 +56,7 @@ SETTINGS = {
     "smoke": dict(
         rf_error=dict(dim=8, k=16, betas=[0.3], ys=[64, 256, 1024], seeds=4, queries=8),
         rf_agreement=dict(dim=8, ks=[16], betas=[0.3], ys=[256], queries=8),
-        rf_scale=dict(dim=16, y=256, ks=[1000, 4000], beta=0.5, queries=32, chunk=2000),
+        rf_scale=dict(dim=16, y=256, ks=[1000, 4000], beta=0.5, queries=32, chunk=2000, max_steps=200),
         epa_retrieval=dict(dim=4, ks=[16], beta_units=[1.0]),
         epa_census=dict(random_dim=4, random_ks=[16], digits_ks=[32], beta_units=[1.0], starts=64),
     ),
@@ -64,7 +64,8 @@ SETTINGS = {
         rf_error=dict(dim=16, k=16, betas=[0.03, 0.3, 1.0], ys=[64, 256, 1024, 2048, 4096, 8192, 16384], seeds=8,
                       queries=32),
         rf_agreement=dict(dim=16, ks=[16, 256], betas=[0.1, 1.0], ys=[256, 4096], queries=64),
-        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000], beta=0.25, queries=256, chunk=50_000),
+        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000], beta=0.25, queries=64, chunk=50_000,
+                      max_steps=1000),
         epa_retrieval=dict(dim=8, ks=[16, 128], beta_units=[0.5, 1.0, 2.0]),
         epa_census=dict(random_dim=8, random_ks=[32, 128], digits_ks=[128], beta_units=[0.5, 1.0, 2.0], starts=512),
     ),
@@ -73,7 +74,8 @@ SETTINGS = {
                       ys=[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536], seeds=16, queries=32),
         rf_agreement=dict(dim=16, ks=[16, 64, 256, 1024], betas=[0.1, 0.3, 1.0], ys=[256, 1024, 4096, 16384],
                           queries=128),
-        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000, 1_000_000], beta=0.25, queries=256, chunk=50_000),
+        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000, 1_000_000], beta=0.25, queries=64, chunk=50_000,
+                      max_steps=1000),
         epa_retrieval=dict(dim=8, ks=[16, 64, 256, 1024], beta_units=[0.25, 0.5, 1.0, 2.0, 4.0]),
         epa_census=dict(random_dim=8, random_ks=[32, 128, 512], digits_ks=[128, 512], beta_units=[0.5, 1.0, 2.0, 4.0],
                         starts=2048),
@@ -236,9 +238,10 @@ def rf_scale(cfg, progress):
         exact_fixed = M.sharded_retrieve(exact, queries, steps=20)
         t_exact_energy = timed(lambda: M.sharded_energy(exact, queries))
         t_rf_energy = timed(lambda: mem.energy(queries))
-        out = mem.relax(queries)  # compiles and warms up; then one timed relaxation (it can take ~10^3 steps)
+        steps = cfg["max_steps"]
+        out = mem.relax(queries, max_steps=steps)  # compiles and warms up; then one timed relaxation
         t = time.perf_counter()
-        jax.block_until_ready(mem.relax(queries).states["x"])
+        jax.block_until_ready(mem.relax(queries, max_steps=steps).states["x"])
         t_rf = time.perf_counter() - t
         rows.append(dict(
             k=k, dim=d, y=y, beta=beta, devices=len(jax.devices()),
@@ -466,7 +469,7 @@ def main(argv=None):
 
     result = dict(
         command="python -m experiments.frontier_memories" + ("" if mode == "default" else f" --{mode}")
-        + ("" if list(args.sections) == list(SECTIONS) else " --sections " + " ".join(args.sections)),
+        + ("" if set(args.sections) == set(SECTIONS) else " --sections " + " ".join(args.sections)),
         mode=mode, settings=settings, sections={k: v for k, v in done["sections"].items() if k in args.sections},
         machine=dict(devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count()),
     )
