@@ -23,7 +23,8 @@ stepped with the solver's own ``step`` and the controller's own ``adapt_step_siz
 - a refilled slot starts with fresh solver and controller states.
 
 Refills come in fixed-size chunks: once ``chunk`` slots are free (fewer when fewer
-queries remain), the next ``chunk`` queries are gathered, their start evaluated (one
+queries remain), the next ``chunk`` queries are gathered (repeatedly, while a whole chunk
+of slots is free), their start evaluated (one
 vector-field evaluation gives the ``Monitored`` state and the solver's first force), and
 scattered into the free slots. A finished slot's result (its final state, counters and
 reason) is scattered to the query's row of the output; its residual is the one the
@@ -295,13 +296,18 @@ def _run(net, xs, cfg):
         s = carry["slot"]
         return jnp.any((s["query"] < n) & (s["status"] != _RUNNING))
 
+    def refill_due(carry):
+        """A chunk is loaded once ``chunk`` slots are free (or all the remaining queries fit)."""
+        free = jnp.sum(carry["slot"]["query"] >= n)
+        remaining = n - carry["next"]
+        return (remaining > 0) & (free >= jnp.minimum(chunk, remaining))
+
     def body(carry):
         carry = step(carry)
         carry = jax.lax.cond(any_done(carry), finish, lambda c: c, carry)
-        free = jnp.sum(carry["slot"]["query"] >= n)
-        remaining = n - carry["next"]
-        refill = (remaining > 0) & (free >= jnp.minimum(chunk, remaining))
-        carry = jax.lax.cond(refill, lambda c: load(c, chunk), lambda c: c, carry)
+        # as many fixed-size chunks as there are free slots for (short solves free more
+        # than one chunk per step)
+        carry = jax.lax.while_loop(refill_due, lambda c: load(c, chunk), carry)
         return dict(carry, iterations=carry["iterations"] + 1)
 
     def cond(carry):
