@@ -123,7 +123,8 @@ def _dam_classifier():
             f"{r['paper_mnist']['test_error_percent']} test error (Krotov & Hopfield 2016, "
             f"{r['paper_mnist']['num_memories']} memories, {r['paper_mnist']['train_images']:,} training images)",
             f"{_pct(dam['test_error'])} at validated n = {', '.join(map(str, n))} ({r['config']['num_memories']} memories, "
-            f"{r['train_images_per_split']:,} training images, 5 folds; train error {_pct(train)}) vs 1-NN "
+            f"{r['train_images_per_split']:,} training images, 5 folds, {r['config']['epochs']} epochs; train error "
+            f"{_pct(train)}{': underfit' if train > 0.01 else ''}) vs 1-NN "
             f"{_pct(base['nearest_neighbour_1']['test_error'])}, ReLU net {_pct(base['relu_network']['test_error'])}",
             f"{DOCS}#on-mnist-dataset-mnist5k", "dam_classifier_mnist5k.json")
 
@@ -140,7 +141,21 @@ def _ham_classifier():
             f"{DOCS}#ham-classifier-trained-through-its-fixed-point-on-mnist", "ham_classifier_mnist5k.json")
 
 
-ROWS = [_classical, _dense, _exponential, _uhn, _dam_classifier, _ham_classifier, _relax, _scale]
+def _energy_transformer():
+    r = _load("energy_transformer_photos.json")
+    if r is None:
+        return None
+    o, fills = r["overall"], r["mse_context_fills"]
+    return ("Energy Transformer, masked patches of photographs never seen in training",
+            "ET matches a transformer with fewer parameters (Hoover et al. 2023)",
+            f"masked-patch MSE ET {o['et']['mean']:.4f} ± {o['et']['std']:.4f} vs same-width transformer "
+            f"{o['baseline']['mean']:.4f} ± {o['baseline']['std']:.4f} ({len(r['folds'])} photograph folds, "
+            f"{r['config']['epochs']} epochs) at {r['ratios']['params_et_over_baseline']:.2f}× the parameters; "
+            f"a visible-neighbour colour fill: {fills['visible_neighbour_mean_colour']:.4f}",
+            f"{DOCS}#second-default-run-photographs-never-seen-in-training", "energy_transformer_photos.json")
+
+
+ROWS = [_classical, _dense, _exponential, _uhn, _dam_classifier, _ham_classifier, _energy_transformer, _relax, _scale]
 
 
 def render() -> str:
