@@ -526,6 +526,8 @@ def landscape() -> str:
 
     def ci(x, scale=1.0, digits=2):
         m, h = x
+        if m != m:  # no sample (e.g. no mixture stayed a minimum)
+            return "– (none)"
         return f"{m * scale:.{digits}f}" + ("" if h != h else f" ± {h * scale:.{digits}f}")
 
     sp_rows = []

@@ -526,8 +526,8 @@ def main(argv=None):
     for i, s in enumerate(seeds if grid["large"] else []):
         tasks[f"large/{i}"] = (large_point, (s, grid["large"]))
     # the costliest parts last, so that a run stopped by --max-minutes has every other part
-    last = ("spurious/dense4/", "spurious/exponential/", "large/")
-    order = sorted(tasks, key=lambda key: key.startswith(last))
+    last = ("spurious/exponential/", "spurious/dense4/", "large/")
+    order = sorted(tasks, key=lambda key: next((i + 1 for i, p in enumerate(last) if key.startswith(p)), 0))
     t0 = time.perf_counter()
     from tqdm import tqdm
 
