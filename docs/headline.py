@@ -155,12 +155,52 @@ def _energy_transformer():
             f"{DOCS}#second-default-run-photographs-never-seen-in-training", "energy_transformer_photos.json")
 
 
-ROWS = [_classical, _dense, _exponential, _uhn, _dam_classifier, _ham_classifier, _energy_transformer, _relax, _scale]
+def _landscape_rows():
+    r = _load("landscape.json")
+    if r is None:
+        return []
+    rows = []
+    sp = r["spurious"]
+    d3 = min((x for x in sp if x["model"] == "dense3"), key=lambda x: (x["K"] / x["capacity_theory"], -x["N"]), default=None)
+    # the classical row at the nearest relative load (K over its own capacity), largest N
+    top = min((x for x in sp if x["model"] == "classical"),
+              key=lambda x: (abs(x["K"] / x["capacity_theory"] - d3["K"] / d3["capacity_theory"]), -x["N"]),
+              default=None) if d3 else None
+    ex = max((x for x in sp if x["model"] == "exponential"), key=lambda x: x["K"], default=None)
+    if top and d3 and ex:
+        rows.append(("Spurious minima vs load (`ham.landscape.census`)",
+                     "classical landscape fills with spurious minima; dense memories stay clean below capacity (Krotov 2023)",
+                     f"random starts ending in a spurious minimum: classical {100 * top['spurious_fraction'][0]:.0f} % "
+                     f"(N = {top['N']}, K = {top['K']}, {top['K'] / top['capacity_theory']:.2f}× AGS capacity), dense n = 3 {100 * d3['spurious_fraction'][0]:.0f} % "
+                     f"(N = {d3['N']}, K = {d3['K']}, {d3['K'] / d3['capacity_theory']:.2f}× its capacity formula), "
+                     f"exponential {100 * ex['spurious_fraction'][0]:.0f} % (N = {ex['N']}, K = {ex['K']})",
+                     "docs/landscape.md", "landscape.json"))
+    ags = max((x for x in r["ags"] if x["K"] == min(y["K"] for y in r["ags"])), key=lambda x: x["N"], default=None)
+    if ags:
+        rows.append(("AGS symmetric 3-mixtures", "overlaps ½, energy per neuron −3/8 (Amit, Gutfreund & Sompolinsky 1985)",
+                     f"N = {ags['N']}, K = {ags['K']}: {100 * ags['stable_fraction'][0]:.0f} % 1-flip-stable, overlap "
+                     f"{ags['overlap'][0]:.3f}, energy per neuron {ags['energy'][0]:.3f}",
+                     "docs/landscape.md", "landscape.json"))
+    by = {}
+    for b in r["basins"]:
+        by.setdefault(b["model"], []).append(b)
+    if by:
+        parts = [f"{m} {min(x['radius_50'][0] for x in v):.2f}–{max(x['radius_50'][0] for x in v):.2f} "
+                 f"(N = {min(x['N'] for x in v)}–{max(x['N'] for x in v)})" for m, v in by.items()]
+        rows.append(("Basins of attraction (`ham.landscape.basins`)", "basin radius O(N) (Demircigil et al. 2017; Krotov 2023)",
+                     "r₅₀/N " + ", ".join(parts), "docs/landscape.md", "landscape.json"))
+    return rows
+
+
+ROWS = [_classical, _dense, _exponential, _landscape_rows, _uhn, _dam_classifier, _ham_classifier, _energy_transformer, _relax, _scale]
 
 
 def render() -> str:
     """The markdown block (markers included)."""
-    rows = [row() for row in ROWS]
+    rows = []
+    for row in ROWS:
+        out = row()
+        rows.extend(out if isinstance(out, list) else [out])
     lines = [START, "", "| study | published claim | measured here | full table | results file |", "|---|---|---|---|---|"]
     for row in rows:
         if row is None:
