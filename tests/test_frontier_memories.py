@@ -341,3 +341,15 @@ def test_sharded_one_layer_programs_merge_partials_without_gathering_rows(sharde
         assert r["all_reduces"] >= 1, (name, r)
         assert r["gathers"] == [], (name, r)
         assert not r["full_rows_in_program"], (name, r)
+
+
+def test_epanechnikov_start_at_a_support_edge_is_not_thrown_onto_the_plateau():
+    # the gradient (x - xi)/(eps + S) is ~1e4 here; a step that leaves every support raises the
+    # energy to the plateau -log(eps)/beta and must be rejected (it was accepted when the energy
+    # was split into 1/2|x|^2 + (E - 1/2|x|^2), whose float32 round-off grows with |x|^2)
+    mem = M.epanechnikov(np.array([[0.0, 0.0], [3.0, 0.0]], np.float32), 1.0)
+    x0 = np.array([np.sqrt(2.0) * (1 - 2e-4), 0.0], np.float32)
+    sol = mem.relax(x0)
+    ham.lyapunov.check(sol)
+    assert bool(sol.converged) and bool(mem.in_support(sol.states["x"]))
+    np.testing.assert_allclose(sol.states["x"], [0.0, 0.0], atol=2e-4)

@@ -23,7 +23,7 @@ class EpanechnikovMemory(OneLayerMemory):
 
     the log of an Epanechnikov kernel density: every stored pattern $\xi_\mu$ has a
     compact support, the ball $\|x - \xi_\mu\|^2 < 2/\beta$. A one-layer HAM (identity
-    Lagrangian, synapse $E(g) - \tfrac12\|g\|^2$): the dynamics are
+    Lagrangian without its Legendre term, synapse $E(g)$): the dynamics are
     $\tau\dot x = -\nabla E(x) = -\sum_{\mu\in A(x)} (x - \xi_\mu) / (\varepsilon + S(x))$,
     $A(x)$ the patterns whose support contains $x$ and $S(x)$ the ReLU sum.
 
@@ -52,11 +52,9 @@ class EpanechnikovMemory(OneLayerMemory):
       $\varepsilon$ gives gentler dynamics and shallower wells.
 
     **Relaxation.** Inside an active set the curvature of $E$ is about
-    $|A|/(\varepsilon + S)$, often above 2, where the uncapped large step of
-    [`ham.ExponentialEuler`][] (gradient descent with unit step) would oscillate around
-    the centroid at constant energy; ``relax`` therefore caps the step at
-    ``dtmax = 0.5`` (every one of 1,600 relaxations from random starts inside the supports
-    converged in <= 36 steps with it; see [`OneLayerMemory`][ham.memories.OneLayerMemory]).
+    $|A|/(\varepsilon + S)$, often above 2, where large gradient steps oscillate around the
+    centroid at nearly constant energy; ``relax`` caps the step at ``dtmax = 0.5`` (see
+    [`OneLayerMemory`][ham.memories.OneLayerMemory]).
 
     ``active`` masks padding rows out (used when sharding pads the patterns).
     """
