@@ -262,9 +262,11 @@ def rf_scale(cfg, progress):
 
 # --------------------------------------------------------------------------- Epanechnikov
 def _beta0(patterns):
+    """2 / median nearest-neighbour squared distance, nudged 1e-4 down so that no pair sits
+    exactly on a support edge at beta = beta0 (where float32 rounding would decide)."""
     d2 = ((patterns[:, None] - patterns[None]) ** 2).sum(-1)
     np.fill_diagonal(d2, np.inf)
-    return 2.0 / float(np.median(d2.min(1))), d2
+    return (1 - 1e-4) * 2.0 / float(np.median(d2.min(1))), d2
 
 
 def epa_retrieval(cfg, progress):
@@ -333,13 +335,25 @@ def epa_census(cfg, progress):
         lse = M.log_sum_exp(patterns.astype(np.float32), beta)
         row = dict(data=name, k=len(patterns), dim=d, beta_units=unit, beta=beta, starts=cfg["starts"])
         for label, mem in (("epanechnikov", epa), ("log_sum_exp", lse)):
-            c, pts, stored, near = _census_one(mem, patterns, starts, beta,
-                                               {"dtmax": 0.5} if label == "epanechnikov" else {})
+            # census relaxes the raw network: give it the memory's own step cap (see OneLayerMemory)
+            c, pts, stored, near = _census_one(mem, patterns, starts, beta, {"dtmax": mem._default_dtmax})
             row[label] = dict(minima=int(len(pts)), stored=int(stored.sum()), emergent=int((~stored).sum()),
                               converged=float(np.mean(c.converged)),
                               starts_to_emergent=float(np.sum(np.asarray(c.counts)[~stored]) / cfg["starts"]))
             if label == "epanechnikov":
+                # float32 round-off of the split energy (1/2|x|^2 + (E - 1/2|x|^2)) grows with |x|^2: a start
+                # within ~1e-3 of a support's edge (gradient ~ 1/(eps + S)) can be thrown onto the plateau
+                # with the step accepted; those endpoints (outside every support) are not minima: excluded
                 counts = np.asarray(epa.support_counts(pts.astype(np.float32)))
+                off = counts == 0
+                row[label]["escaped_to_plateau_starts"] = float(np.sum(np.asarray(c.counts)[off]) / cfg["starts"])
+                stored_all = stored
+                stored, pts_in, counts = stored[~off], pts[~off], counts[~off]
+                energies_in = np.asarray(c.energies)[~off]
+                row[label].update(minima=int(len(pts_in)), stored=int(stored.sum()), emergent=int((~stored).sum()),
+                                  starts_to_emergent=float(np.sum(np.asarray(c.counts)[~off][~stored]) / cfg["starts"]))
+                del stored_all
+                pts = pts_in
                 row[label]["supports_at_emergent_median"] = float(np.median(counts[~stored])) if (~stored).any() else None
                 barriers = []
                 stored_pts = pts[stored]
@@ -353,7 +367,7 @@ def epa_census(cfg, progress):
                 row[label]["barrier_median"] = float(np.median(barriers)) if barriers else None
                 row[label]["barrier_zero_fraction"] = float(np.mean(np.asarray(barriers) <= 1e-6)) if barriers else None
                 row[label]["emergent_energy_below_stored_fraction"] = (
-                    float(np.mean(np.asarray(c.energies)[~stored] < -np.log(1 + epa.eps) / beta))
+                    float(np.mean(energies_in[~stored] < -np.log(1 + epa.eps) / beta))
                     if (~stored).any() else None)
         rows.append(row)
     return dict(config=cfg, rows=rows, census="ham.landscape.census",
@@ -435,6 +449,7 @@ def parser():
     ap.add_argument("--quick", action="store_true", help="a smaller grid (minutes)")
     ap.add_argument("--smoke", action="store_true", help="a tiny grid (seconds; for the tests)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--rerun", nargs="+", choices=SECTIONS, default=[], help="recompute these sections")
     ap.add_argument("--results-dir", type=Path, default=None)
     ap.add_argument("--devices", type=int, default=None,
                     help="virtual CPU devices for the sharded exact memory (sets XLA_FLAGS before JAX starts)")
@@ -453,8 +468,11 @@ def main(argv=None):
     stem = "frontier_memories" + ("" if mode == "default" else f"_{mode}")
     checkpoint = out_dir / f"{stem}.checkpoint.json"
     done = read_json(checkpoint, default={}) or {}
-    if done.get("settings") != settings:
-        done = {"settings": settings, "sections": {}}
+    if done.get("settings") != settings:  # a finished run with the same settings keeps its other sections
+        done = read_json(out_dir / f"{stem}.json", default={}) or {}
+        done = {"settings": settings, "sections": done.get("sections", {}) if done.get("settings") == settings else {}}
+    for name in args.rerun:
+        done["sections"].pop(name, None)
     fns = dict(rf_error=rf_error, rf_agreement=rf_agreement, rf_scale=rf_scale, epa_retrieval=epa_retrieval,
                epa_census=epa_census)
     for name in args.sections:
@@ -470,7 +488,7 @@ def main(argv=None):
     result = dict(
         command="python -m experiments.frontier_memories" + ("" if mode == "default" else f" --{mode}")
         + ("" if set(args.sections) == set(SECTIONS) else " --sections " + " ".join(args.sections)),
-        mode=mode, settings=settings, sections={k: v for k, v in done["sections"].items() if k in args.sections},
+        mode=mode, settings=settings, sections=dict(done["sections"]),
         machine=dict(devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count()),
     )
     write_json(out_dir / f"{stem}.json", result)

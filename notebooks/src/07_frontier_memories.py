@@ -13,7 +13,7 @@
 #   pattern has a compact support (radius $\sqrt{2/\beta}$); where supports overlap, their centroid can be a new,
 #   *emergent* local minimum while the stored patterns stay exact minima.
 #
-# Both are one-layer HAMs (identity Lagrangian + a synapse with energy $E(g)-\frac12\|g\|^2$), so
+# Both are one-layer HAMs (identity Lagrangian without its Legendre term, `legendre=False`, + a synapse with energy $E(g)$), so
 # `retrieve` is [`ham.relax`] of $\tau\dot x = -\nabla E(x)$, and the energy never rises along it.
 
 # %%
