@@ -689,7 +689,82 @@ def ham_classifier_mnist() -> str:
     ])
 
 
+def frontier_memories() -> str:
+    """Random-feature DenseAM and Epanechnikov energy study (issue 22)."""
+    # the quick run's sections, each replaced by the default run's where that run has it
+    runs = [n for n in ("frontier_memories_quick.json", "frontier_memories.json") if (RESULTS / n).exists()] or [
+        "frontier_memories.json"]
+    s, source = {}, {}
+    for n in runs:
+        r = load(n)
+        for k, v in r["sections"].items():
+            s[k], source[k] = v, f"`{r['command']}`"
+    out = ["Sections from " + "; ".join(f"{k}: {v}" for k, v in source.items()) + " (results in "
+           "`experiments/results/frontier_memories*.json`)."]
+    if "rf_error" in s:
+        rows = []
+        for f in s["rf_error"]["fits"]:
+            e = f["energy"]
+            slope = "—" if e["slope"] is None else f"{e['slope']:.2f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
+            g = f["gradient"]
+            gs = "—" if g["slope"] is None else f"{g['slope']:.2f} [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]"
+            ys = f"{min(f['ys']):,}–{max(f['ys']):,}" if f["ys"] else "none"
+            rows.append([f["kind"], f["beta"], slope, gs, e["points"], ys])
+        cfg = s["rf_error"]["config"]
+        out.append(f"**Estimate error vs features Y** (K = {cfg['k']}, D = {cfg['dim']}, queries near memories, "
+                   f"{cfg['seeds']} seeds; fit over the Y where the kernel sum's relative error < 0.1 and nothing is "
+                   "clipped; paper: Y^(−1/2)):\n\n" + table(
+                       ["features", "β", "energy-error slope [95 % CI]", "gradient-error slope [95 % CI]",
+                        "points", "Y fitted"], rows))
+    if "rf_agreement" in s:
+        rows = [[x["kind"], x["k"], x["beta"], f"{x['y']:,}", f"{x['agree']:.2f}", f"{x['same_nearest']:.2f}",
+                 f"{x['clipped_at_start']:.2f}"] for x in s["rf_agreement"]["rows"]]
+        out.append("**Retrieval agreement with the exact model** (fixed points within 0.1·√(2/β); same nearest "
+                   "stored pattern; queries clipped at the start):\n\n" + table(
+                       ["features", "K", "β", "Y", "agree", "same nearest", "clipped"], rows))
+    if "rf_scale" in s:
+        sc = s["rf_scale"]
+        rows = [[f"{x['k']:,}", f"{x['rf_bytes']:,}", f"{x['exact_bytes']:,}", f"{x['rf_energy_qps']:,.0f}",
+                 f"{x['exact_energy_qps']:,.0f}", f"{x['rf_retrieve_qps']:,.0f}", f"{x['exact_retrieve_qps']:,.0f}",
+                 f"{x['same_nearest']:.2f}", f"{x['exact_retrieves_cue']:.2f}", f"{x['rf_converged']:.2f}",
+                 f"{x['clipped_at_start']:.2f}"] for x in sc["rows"]]
+        c = sc["config"]
+        out.append(f"**Footprint and speed vs K** (trigonometric, Y = {c['y']:,}, D = {c['dim']}, β = {c['beta']}, "
+                   f"{c['queries']} queries, {sc['rows'][0]['devices']} device(s); exact = `modern` through "
+                   f"`sharded_retrieve`/`sharded_energy` in the same run; the random-feature memory is smaller once "
+                   f"K > Y(1 + 2/D) = {sc['break_even_k']:,.0f}; its retrieve relaxes to a fixed point, the exact "
+                   f"retrieve is one update; relaxation capped at {c.get('max_steps', 4096)} steps):\n\n" + table(
+                       ["K", "RF bytes", "exact bytes", "RF energy q/s", "exact energy q/s", "RF retrieve q/s",
+                        "exact retrieve q/s", "same nearest as exact", "exact retrieves the cue",
+                        "RF converged", "clipped"], rows))
+    if "epa_retrieval" in s:
+        rows = [[x["k"], x["beta_units"], f"{x['fixed_fraction']:.2f}", f"{x['predicted_fraction']:.2f}",
+                 f"{x['prediction_matches']:.2f}", f"{x['retrieved_from_0p3_radius']:.2f}"]
+                for x in s["epa_retrieval"]["rows"]]
+        out.append("**Epanechnikov: stored patterns that are exact fixed points** (random Gaussian patterns, "
+                   "D = 8; β in units of β₀ = 2 / median nearest-neighbour squared distance; paper: exact iff all "
+                   "pairwise d² ≥ 2/β):\n\n" + table(
+                       ["K", "β/β₀", "fixed", "predicted", "prediction matches", "retrieved from 0.3 radii"], rows))
+    if "epa_census" in s:
+        rows = []
+        for x in s["epa_census"]["rows"]:
+            e, l = x["epanechnikov"], x["log_sum_exp"]
+            bar = "—" if e.get("barrier_median") is None else f"{e['barrier_median']:.3g}"
+            sup = "—" if e.get("supports_at_emergent_median") is None else f"{e['supports_at_emergent_median']:.0f}"
+            rows.append([x["data"], x["k"], x["beta_units"], e["minima"], e["stored"], e["emergent"],
+                         f"{e['starts_to_emergent']:.2f}", sup, bar, l["minima"], l["stored"]])
+        out.append(f"**Distinct local minima** (`{s['epa_census']['census']}` from "
+                   f"{s['epa_census']['config']['starts']} starts uniform in the supports; stored = within "
+                   "0.1·√(2/β) of a stored pattern; barrier = path maximum on the segment to the nearest stored "
+                   "minimum minus the emergent minimum's energy; LSE = log-sum-exp at the same β from the same "
+                   "starts):\n\n" + table(
+                       ["data", "K", "β/β₀", "LSR minima", "stored", "emergent", "starts → emergent",
+                        "supports at emergent (median)", "barrier (median)", "LSE minima", "LSE near stored"], rows))
+    return "\n\n".join(out)
+
+
 RENDERERS = {
+    "frontier_memories": frontier_memories,
     "classical": classical,
     "dense": dense,
     "uhn": uhn,
