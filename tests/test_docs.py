@@ -27,7 +27,7 @@ EXTRA_MODULES = ("ham.integrator", "ham.solve")
 DOCS_DEPENDENCIES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers", "mkdocs_autorefs",
                      "mkdocs_jupyter", "griffe")
 # Pages whose ```python blocks are executed, in order, in one namespace per page.
-EXECUTED_PAGES = ("getting-started.md", "concepts.md", "relaxation.md", "scaling.md", "landscape.md")
+EXECUTED_PAGES = ("getting-started.md", "concepts.md", "relaxation.md", "scaling.md", "landscape.md", "models.md")
 
 
 def public_modules() -> list[str]:
