@@ -192,7 +192,42 @@ def _landscape_rows():
     return rows
 
 
-ROWS = [_classical, _dense, _exponential, _landscape_rows, _uhn, _dam_classifier, _ham_classifier, _energy_transformer, _relax, _scale]
+def _frontier_rows():
+    sections = {}
+    for name in ("frontier_memories_quick.json", "frontier_memories.json"):  # the default run's sections win
+        r = _load(name)
+        if r is not None:
+            sections.update({k: (v, name) for k, v in r["sections"].items()})
+    rows = []
+    if "rf_error" in sections:
+        fits, name = sections["rf_error"]
+        fits = [f for f in fits["fits"] if f["kind"] == "trigonometric" and f["energy"]["slope"] is not None]
+        if fits:
+            lo = min(f["energy"]["slope"] for f in fits)
+            hi = max(f["energy"]["slope"] for f in fits)
+            rows.append(("Random-feature DenseAM (`ham.memories.random_features`)",
+                         "energy error ∝ Y^(−1/2) in the number of features (Hoover et al. 2024)",
+                         f"fitted slope {lo:.2f} to {hi:.2f} (trigonometric features, {len(fits)} β values, 95 % CIs in "
+                         "the docs)", "docs/frontier.md", name))
+    if "rf_scale" in sections:
+        scale, name = sections["rf_scale"]
+        top = max(scale["rows"], key=lambda x: x["k"])
+        rows.append(("Random-feature memory footprint", "independent of the number of patterns K",
+                     f"{top['rf_bytes'] / 1e6:.2f} MB at K = {top['k']:,} (exact memory {top['exact_bytes'] / 1e6:,.0f} MB)",
+                     "docs/frontier.md", name))
+    if "epa_census" in sections:
+        census, name = sections["epa_census"]
+        best = max(census["rows"], key=lambda x: x["epanechnikov"]["emergent"])
+        e = best["epanechnikov"]
+        rows.append(("Epanechnikov DenseAM (`ham.memories.epanechnikov`)",
+                     "many emergent minima beyond the stored patterns (Hoover et al. 2025)",
+                     f"{best['data']} K = {best['k']}, β = {best['beta_units']}·β₀: {e['minima']} minima, {e['stored']} stored + "
+                     f"{e['emergent']} emergent; log-sum-exp at the same β: {best['log_sum_exp']['minima']}",
+                     "docs/frontier.md", name))
+    return rows
+
+
+ROWS = [_classical, _dense, _exponential, _landscape_rows, _frontier_rows, _uhn, _dam_classifier, _ham_classifier, _energy_transformer, _relax, _scale]
 
 
 def render() -> str:
