@@ -12,6 +12,9 @@ import pytest
 
 from experiments import bench_scale
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("bench_scale")
+
 FIELDS = {"K", "dim", "dtype", "devices", "qps", "bytes_per_device", "device_kind", "seconds", "batch",
           "bytes_total", "temp_bytes_per_device", "retrieval_cos_min", "rss_peak_bytes"}
 

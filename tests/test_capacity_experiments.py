@@ -11,6 +11,9 @@ from experiments import _capacity as cap
 from experiments import classical_capacity, dense_capacity, uhn_capacity
 from experiments.data import load_dataset
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("capacity_experiments")
+
 
 def _files(d):
     return sorted(p.name for p in d.iterdir()) if d.exists() else []

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("docs")
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # Public modules besides those named in ``ham.__all__`` whose ``__all__`` the API

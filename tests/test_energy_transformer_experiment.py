@@ -10,6 +10,9 @@ import pytest
 
 from experiments import energy_transformer as et_exp
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("energy_transformer_experiment")
+
 QUICK = ["--quick", "--no-progress"]
 FIELDS = ("mse_et", "mse_mean_fill", "mse_baseline", "max_energy_rise", "config", "timings", "params")
 

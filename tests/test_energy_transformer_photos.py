@@ -13,6 +13,9 @@ import pytest
 from experiments import energy_transformer as et_exp
 from experiments.data import group_folds, load_dataset
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("energy_transformer_photos")
+
 SMOKE = ["--dataset", "photos", "--smoke", "--no-progress"]
 
 

@@ -7,6 +7,9 @@ import pytest
 
 from experiments import frontier_memories
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("frontier_memories_experiment")
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

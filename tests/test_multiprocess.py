@@ -25,6 +25,9 @@ from _multiprocess_script import CASES, B, K, build, queries
 
 import ham.memories as M
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 SCRIPT = Path(__file__).with_name("_multiprocess_script.py")
 ROOT = SCRIPT.parent.parent
 PROCESSES = 2

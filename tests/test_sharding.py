@@ -18,6 +18,9 @@ import pytest
 import ham.memories as M
 from ham.memories import _universal
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("sharding")
+
 SCRIPT = Path(__file__).with_name("_sharding_script.py")
 
 

@@ -18,6 +18,9 @@ from jax.flatten_util import ravel_pytree
 
 import ham
 
+# one worker runs this module, so its module-scoped fixtures run once under `pytest -n 2`
+pytestmark = pytest.mark.xdist_group("training")
+
 L = ham.lagrangians
 TIGHT = dict(event_atol=1e-10, event_rtol=1e-10, max_steps=1024)
 
