@@ -81,13 +81,57 @@ class Attention(Synapse):
             return ~jnp.eye(tokens, dtype=bool)
         return self.mask
 
+    def _logits(self, g: Float[Array, "*batch tokens dim"]) -> Float[Array, "*batch heads tokens tokens"]:
+        """β_h K_hB·Q_hC for every pair, unmasked (``[..., head, query C, key B]``)."""
+        heads = self.W_K.shape[0]
+        keys = jnp.einsum("hed,...bd->...hbe", self.W_K, g)
+        queries = jnp.einsum("hed,...cd->...hce", self.W_Q, g)
+        beta = jnp.broadcast_to(jnp.asarray(self.beta, dtype=g.dtype), (heads,))
+        return beta[:, None, None] * jnp.einsum("...hce,...hbe->...hcb", queries, keys)
+
+    def scores(self, g: Float[ArrayLike, "*batch tokens dim"]) -> Float[Array, "*batch heads tokens tokens"]:
+        r"""The softmax logits of the attention energy at activations ``g``:
+        ``scores[..., h, C, B]`` $= \beta_h\, K_{hB}\cdot Q_{hC}$ where query token $C$ may
+        attend to key token $B$ (the mask; by default every $B \ne C$), and $-\infty$
+        elsewhere (Hoover et al. 2023, "Energy Transformer", eq. 3). Their softmax over
+        $B$ is the attention matrix $A_h[B, C]$ of the ET's update, and
+        $E = -\sum_h \beta_h^{-1}\sum_C \operatorname{logsumexp}_B \texttt{scores}[h, C, B]$;
+        [`ham.landscape.attention_spread`][] of them counts the keys that hold a given mass of
+        each query's attention (Ramsauer et al. 2020: about all allowed keys = global
+        averaging, a few = a metastable subset, 1 = a single-key fixed point). A query row
+        with no allowed key is all $-\infty$ (its spread is 0).
+
+        **Arguments:**
+
+        - ``g``: the joined layer's activations, ``(*batch, tokens, dim)`` (for the Energy
+          Transformer, ``et.activations(x)``).
+
+        **Returns:** ``(*batch, heads, tokens, tokens)``, indexed ``[..., head, query, key]``.
+        """
+        owner = "Attention.scores"
+        g = checks.real_array(owner, "g", g)
+        dim = self.W_K.shape[-1]
+        if g.ndim < 2 or g.shape[-1] != dim:
+            raise ValueError(
+                f"{owner}: g must have shape (*batch, tokens, dim) with dim = {dim} (W_K has shape "
+                f"{tuple(self.W_K.shape)}), got {tuple(g.shape)}."
+            )
+        tokens = g.shape[-2]
+        if self.mask is not None and self.mask.shape != (tokens, tokens):
+            raise ValueError(
+                f"{owner}: g has {tokens} tokens but the mask has shape {tuple(self.mask.shape)}; "
+                f"it must be (tokens, tokens) = ({tokens}, {tokens})."
+            )
+        if self.mask is None and tokens < 2:
+            raise ValueError(f"{owner}: g must have at least 2 tokens (each token attends to the others), got {tokens}.")
+        g = checks.finite(owner, "g", g, runtime=True)
+        return jnp.where(self._allowed(tokens), self._logits(g), -jnp.inf)
+
     def energy(self, g: Float[Array, "tokens dim"]) -> Scalar:
         """The attention energy of the class docstring, for one layer of tokens."""
         heads = self.W_K.shape[0]
-        keys = jnp.einsum("hed,bd->hbe", self.W_K, g)
-        queries = jnp.einsum("hed,cd->hce", self.W_Q, g)
         beta = jnp.broadcast_to(jnp.asarray(self.beta, dtype=g.dtype), (heads,))
-        scores = beta[:, None, None] * jnp.einsum("hce,hbe->hcb", queries, keys)  # [head, query C, key B]
+        scores = self._logits(g)  # [head, query C, key B]
         allowed = self._allowed(g.shape[0])
         has_key = jnp.any(allowed, axis=-1)  # (C,)
         # Rows without any allowed key keep their finite scores (so the gradient stays

@@ -53,6 +53,41 @@ class Hopfield(Synapse):
         beta = jnp.asarray(self.beta, dtype=g.dtype)
         return -jnp.sum(jax.nn.logsumexp(beta * overlaps, axis=-1)) / beta
 
+    def scores(self, g: Float[ArrayLike, "*tokens dim"]) -> Float[Array, "*tokens memories"]:
+        r"""The softmax logits of the ``"softmax"`` Hopfield energy at activations ``g``:
+        ``scores[..., B, μ]`` $= \beta\, \xi_\mu\cdot g_B$, so that
+        $E = -\beta^{-1}\sum_B \operatorname{logsumexp}_\mu \texttt{scores}[B, \mu]$ and the
+        softmax over $\mu$ is how each token's update $\sum_\mu \xi_\mu\,
+        \mathrm{softmax}_\mu$ weighs the memories (Ramsauer et al. 2020; Hoover et al. 2023,
+        eq. 4 with a softmax). [`ham.landscape.attention_spread`][] of them counts the
+        memories a token's state averages (1 = a single-memory fixed point, about all =
+        the global average, in between = a metastable subset; Ramsauer et al. 2020).
+
+        **Arguments:**
+
+        - ``g``: the joined layer's activations, ``(*tokens, dim)``.
+
+        **Returns:** ``(*tokens, memories)``.
+
+        Raises ``ValueError`` for ``kind="relu"``: its energy
+        $-\tfrac12\sum \mathrm{relu}(\xi_\mu\cdot g_B)^2$ has no softmax over the memories.
+        """
+        owner = "Hopfield.scores"
+        if self.kind != "softmax":
+            raise ValueError(
+                f"{owner}: only kind='softmax' has softmax logits over the memories; this synapse has "
+                f"kind={self.kind!r} (its energy is -1/2 sum relu(xi . g)^2, no softmax)."
+            )
+        g = checks.real_array(owner, "g", g)
+        dim = self.xi.shape[1]
+        if g.ndim < 1 or g.shape[-1] != dim:
+            raise ValueError(
+                f"{owner}: g must have shape (*tokens, dim) with dim = {dim} (xi has shape "
+                f"{tuple(self.xi.shape)}), got {tuple(g.shape)}."
+            )
+        g = checks.finite(owner, "g", g, runtime=True)
+        return jnp.asarray(self.beta, dtype=g.dtype) * (g @ self.xi.T)
+
     def check_shapes(self, name, shapes):
         """Raise unless the one joined layer's last dimension is the memories' ``dim``."""
         shapes = tuple(tuple(s) for s in shapes)
