@@ -102,6 +102,54 @@ def test_random_feature_write_of_two_halves_equals_one_write_of_all(kind, x64):
     np.testing.assert_allclose(halves.energy(q), whole.energy(q), rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["trigonometric", "positive"])
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1000])
+def test_random_feature_blocked_write_equals_the_naive_feature_sum(kind, block_size, x64):
+    # K = 150 rows in blocks of 7 and 64 (neither divides K: the last block overlaps and is masked),
+    # 1 (a block per pattern) and 1000 (one block larger than K)
+    p = _patterns(150, 5, seed=3)
+    beta, y = 0.6, 40
+    mem = M.random_features(p[:1], beta, y, kind=kind, key=jax.random.key(9))
+    mem = mem.write(p[1:], block_size=block_size)
+    z = np.sqrt(beta) * p @ np.asarray(mem.omega).T  # (K, Y)
+    if kind == "trigonometric":
+        want = np.stack([np.cos(z).sum(0), np.sin(z).sum(0)], -1)
+    else:
+        want = np.log(np.exp(z - beta * (p**2).sum(-1, keepdims=True)).sum(0))[:, None]
+    np.testing.assert_allclose(mem.tensor, want, rtol=1e-12, atol=1e-12)
+    assert int(mem.count) == 150
+
+
+def test_random_feature_float32_sincos_is_accurate_with_the_exact_derivative():
+    from ham.memories._random_features import sincos
+
+    z = np.concatenate([np.linspace(-1e4, 1e4, 200_001), np.linspace(-7, 7, 20_001),
+                        np.arange(-40, 41) * np.pi / 4]).astype(np.float32)  # quadrant edges included
+    cos, sin = jax.jit(sincos)(jnp.asarray(z))
+    assert cos.dtype == sin.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(cos, np.float64), np.cos(z.astype(np.float64)), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(np.asarray(sin, np.float64), np.sin(z.astype(np.float64)), rtol=0, atol=2e-7)
+    # derivative (custom_jvp): (-sin, cos), equal to central finite differences in float64
+    zs = jnp.asarray([-3.3, -0.2, 0.0, 0.7, 2.4, 11.0], jnp.float32)
+    dcos = jax.vmap(jax.grad(lambda t: sincos(t)[0]))(zs)
+    dsin = jax.vmap(jax.grad(lambda t: sincos(t)[1]))(zs)
+    np.testing.assert_allclose(dcos, -np.sin(np.asarray(zs, np.float64)), atol=2e-7)
+    np.testing.assert_allclose(dsin, np.cos(np.asarray(zs, np.float64)), atol=2e-7)
+
+
+def test_random_feature_float64_sincos_is_the_library_cos_and_sin_with_finite_difference_derivative(x64):
+    from ham.memories._random_features import sincos
+
+    z = np.linspace(-20, 20, 41)
+    cos, sin = sincos(jnp.asarray(z))
+    np.testing.assert_allclose(cos, np.cos(z), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sin, np.sin(z), rtol=0, atol=1e-15)
+    h = 1e-6
+    for i, f in ((0, lambda t: sincos(t)[0]), (1, lambda t: sincos(t)[1])):
+        fd = (np.asarray(f(jnp.asarray(z + h))) - np.asarray(f(jnp.asarray(z - h)))) / (2 * h)
+        np.testing.assert_allclose(jax.vmap(jax.grad(f))(jnp.asarray(z)), fd, atol=1e-8)
+
+
 def test_random_feature_footprint_does_not_grow_with_the_number_of_patterns():
     y, d = 128, 16
     small = M.random_features(_patterns(10, d), 1.0, y, key=jax.random.key(0))

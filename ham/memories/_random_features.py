@@ -22,8 +22,52 @@ __all__ = ["RandomFeatureMemory", "random_features", "FEATURE_KINDS"]
 FEATURE_KINDS = ("trigonometric", "positive")
 """The feature maps of [`random_features`][ham.memories.random_features]."""
 
-#: About this many numbers in one block of (patterns x features) while writing.
-_BLOCK_ELEMENTS = 1 << 20
+#: About this many numbers in one block of (patterns x features) while writing (the block's
+#: projections and features stay in cache: 128 patterns at Y = 4096 wrote fastest).
+_BLOCK_ELEMENTS = 1 << 19
+
+# pi/2 split into three float32 parts whose products with the quadrant n are exact for
+# |n| < 2^16 (Cody & Waite's reduction; the split of Cephes' sinf, doubled)
+_PIO2 = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)
+# minimax polynomials of sin and cos on [-pi/4, pi/4] (Cephes sinf / cosf)
+_SIN = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
+_COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+
+
+@jax.custom_jvp
+def sincos(z: Float[Array, "*shape"]) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
+    r"""$(\cos z, \sin z)$ elementwise. In float64 ``jnp.cos``/``jnp.sin``; in float32 (and
+    narrower, computed in float32) by range reduction $z = n\pi/2 + r$, $|r| \le \pi/4$
+    (three-part $\pi/2$), and minimax polynomials in $r$ (Cephes' ``sinf``/``cosf``): plain
+    multiplies and adds that XLA vectorises and fuses, where XLA's CPU ``cos``/``sin`` call
+    the scalar library (about 30x slower: 20 ns per element). Absolute error <= 1e-7 for
+    $|z| \le 10^4$ (measured; ``jnp.cos``: 3e-8); beyond it the reduction loses bits like the
+    argument's own float32 rounding does. Derivative $(-\sin z, \cos z)$ (a ``custom_jvp``:
+    exact, not the polynomial's)."""
+    if jnp.dtype(z.dtype) == jnp.float64:
+        return jnp.cos(z), jnp.sin(z)
+    dtype = z.dtype
+    z = z.astype(jnp.float32)
+    f = functools.partial(jnp.asarray, dtype=jnp.float32)
+    n = jnp.round(z * f(2 / math.pi))
+    r = ((z - n * f(_PIO2[0])) - n * f(_PIO2[1])) - n * f(_PIO2[2])
+    r2 = r * r
+    s = r + r * r2 * (f(_SIN[0]) + r2 * (f(_SIN[1]) + r2 * f(_SIN[2])))
+    c = 1 - 0.5 * r2 + r2 * r2 * (f(_COS[0]) + r2 * (f(_COS[1]) + r2 * f(_COS[2])))
+    q = n.astype(jnp.int32) & 3  # the quadrant: (cos, sin) = (c, s), (-s, c), (-c, -s), (s, -c)
+    odd = (q & 1) == 1
+    cos = jnp.where(odd, s, c)
+    sin = jnp.where(odd, c, s)
+    cos = jnp.where((q == 1) | (q == 2), -cos, cos)
+    sin = jnp.where(q >= 2, -sin, sin)
+    return cos.astype(dtype), sin.astype(dtype)
+
+
+@sincos.defjvp
+def _sincos_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    cos, sin = sincos(z)
+    return (cos, sin), (-sin * dz, cos * dz)
 
 
 def _projections(omega, beta, x):
@@ -32,32 +76,34 @@ def _projections(omega, beta, x):
     return jnp.sqrt(jnp.asarray(beta, acc)) * jnp.matmul(x.astype(omega.dtype), omega.T, preferred_element_type=acc)
 
 
-def _block_terms(kind, omega, beta, block):
-    """Per-feature contribution of a block of patterns: ``(c, rows, 2)`` cos/sin (trig) or
-    ``(c, rows, 1)`` log-features (positive)."""
+def _block_sums(kind, omega, beta, block, keep):
+    """Per-feature contribution of the rows of ``block`` where ``keep``: ``(rows, 2)`` sums of
+    cos/sin (trig) or ``(rows, 1)`` log-sum-exp of log-features (positive)."""
     z = _projections(omega, beta, block)
+    keep = keep[:, None]
     if kind == "trigonometric":
-        return jnp.stack([jnp.cos(z), jnp.sin(z)], axis=-1)
+        cos, sin = sincos(z)
+        return jnp.stack([jnp.sum(jnp.where(keep, cos, 0.0), axis=0), jnp.sum(jnp.where(keep, sin, 0.0), axis=0)], -1)
     sq = jnp.sum(jnp.square(block.astype(z.dtype)), axis=-1, keepdims=True)
-    return (z - jnp.asarray(beta, z.dtype) * sq)[..., None]
+    return jax.nn.logsumexp(jnp.where(keep, z - jnp.asarray(beta, z.dtype) * sq, -jnp.inf), axis=0)[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
-def _written(kind, omega, beta, tensor, patterns):
+@functools.partial(jax.jit, static_argnames=("kind", "block_size"))
+def _written(kind, omega, beta, tensor, patterns, block_size=None):
     """``tensor`` plus the features of ``patterns`` (sum for trig, log-sum-exp for
-    positive), accumulated over blocks of patterns (no ``(K, features)`` array)."""
+    positive): a ``lax.scan`` over blocks of ``block_size`` patterns (no ``(K, features)``
+    array, no copy of ``patterns``). The last block, when ``block_size`` does not divide K,
+    is the last ``block_size`` rows with those already written masked out."""
     k, rows = patterns.shape[0], omega.shape[0]
-    c = int(min(k, max(1, _BLOCK_ELEMENTS // max(rows, 1))))
+    c = block_size if block_size is not None else max(1, _BLOCK_ELEMENTS // max(rows, 1))
+    c = int(min(k, c))
     blocks = -(-k // c)
 
     def body(acc, i):
-        start = jnp.minimum(i * c, k - c)  # the last block overlaps the one before: its old rows masked
+        start = jnp.minimum(i * c, k - c)
         block = jax.lax.dynamic_slice_in_dim(patterns, start, c, 0)
-        keep = (start + jnp.arange(c) >= i * c)[:, None, None]
-        terms = _block_terms(kind, omega, beta, block)
-        if kind == "trigonometric":
-            return acc + jnp.sum(jnp.where(keep, terms, 0.0), axis=0), None
-        return jnp.logaddexp(acc, jax.nn.logsumexp(jnp.where(keep, terms, -jnp.inf), axis=0)), None
+        terms = _block_sums(kind, omega, beta, block, start + jnp.arange(c) >= i * c)
+        return (acc + terms if kind == "trigonometric" else jnp.logaddexp(acc, terms)), None
 
     out, _ = jax.lax.scan(body, tensor.astype(jnp.promote_types(tensor.dtype, jnp.float32)), jnp.arange(blocks))
     return out.astype(tensor.dtype)
@@ -147,16 +193,24 @@ class RandomFeatureMemory(OneLayerMemory):
         patterns are stored."""
         return int(self.omega.nbytes + self.tensor.nbytes)
 
-    def write(self, patterns: Float[Array, "num_patterns dim"]) -> "RandomFeatureMemory":
+    def write(self, patterns: Float[Array, "num_patterns dim"], *, block_size: int | None = None
+              ) -> "RandomFeatureMemory":
         r"""The memory with ``patterns`` (rows) added: $T \leftarrow T + \sum_\mu\varphi(\xi_\mu)$.
-        Writing two halves one after the other equals writing all at once (up to rounding)."""
+        Writing two halves one after the other equals writing all at once (up to rounding).
+
+        One jit-compiled ``lax.scan`` over blocks of ``block_size`` patterns (default about
+        $2^{19}/Y$: 128 at $Y = 4096$), about $K\,Y(2D + c)$ operations with the
+        vectorised ``sincos`` (this module): 4.4k -> 42k patterns/s at
+        $Y = 4096$, $D = 64$ on a shared 2-core CPU."""
         p = as_patterns("random_features.write", patterns)
         if p.shape[1] != self.dim:
             raise ValueError(
                 f"random_features.write: patterns must have dim={self.dim} columns (the memory's), got shape "
                 f"{tuple(p.shape)}."
             )
-        tensor = _written(self.kind, self.omega, self.beta, self.tensor, p.astype(self.dtype))
+        if block_size is not None:
+            block_size = checks.integer("random_features.write", "block_size", block_size)
+        tensor = _written(self.kind, self.omega, self.beta, self.tensor, p.astype(self.dtype), block_size)
         new = eqx.tree_at(lambda m: m.tensor, self, tensor)
         return eqx.tree_at(lambda m: m.count, new, self.count + p.shape[0])
 
@@ -165,7 +219,8 @@ class RandomFeatureMemory(OneLayerMemory):
         z = _projections(self.omega, self.beta, x[None])[0]
         t = self.tensor.astype(z.dtype)
         if self.kind == "trigonometric":
-            s = (jnp.vdot(jnp.cos(z), t[:, 0]) + jnp.vdot(jnp.sin(z), t[:, 1])) / self.num_features
+            cos, sin = sincos(z)
+            s = (jnp.vdot(cos, t[:, 0]) + jnp.vdot(sin, t[:, 1])) / self.num_features
             return jnp.log(jnp.maximum(s, jnp.asarray(self.floor, s.dtype))), s
         xa = x.astype(z.dtype)
         a = z - jnp.asarray(self.beta, z.dtype) * jnp.vdot(xa, xa) + t[:, 0]
