@@ -14,6 +14,11 @@ overflow) run on every call. Setting the environment variable ``HAM_DATA_CHECKS=
 before ``ham`` is imported turns off the *runtime* part of them (the ``eqx.error_if``
 checks inside compiled retrievals and the eager finiteness scans of queries); the
 checks of parameters and of the data given to constructors stay on.
+
+Per-call data on the hot path are checked on the device: ``modern(...).retrieve`` given a
+device array checks the queries inside its compiled kernel together with the result
+(one conditional, no host synchronisation; a ``RuntimeError`` when the program runs),
+while host data (NumPy arrays, lists) are checked eagerly, naming the first bad entry.
 """
 
 from __future__ import annotations
@@ -225,6 +230,22 @@ def finite(owner: str, name: str, x, *, runtime: bool = False):
 def finite_tree(owner: str, name: str, tree: dict, *, runtime: bool = False) -> dict:
     """[`finite`][] on every entry of a dict of arrays (``name['key']``)."""
     return {k: finite(owner, f"{name}[{k!r}]", v, runtime=runtime) for k, v in tree.items()}
+
+
+def finite_input_and_result(owner: str, name: str, x, out, hint: str):
+    r"""Inside a compiled program: the input ``x`` (called ``name``) must be finite and the
+    result ``out`` must not overflow; one conditional checks both, so a retrieval on a
+    device array needs no host synchronisation (the error is raised when the program
+    runs, naming ``name`` if the input was not finite, else the overflow and ``hint``).
+    A runtime data check. Returns ``out`` (wrapped)."""
+    if not DATA_CHECKS:
+        return out
+    bad_x = ~jnp.all(jnp.isfinite(x))
+    bad = bad_x | ~jnp.all(jnp.isfinite(out))
+    msgs = [f"{owner.split('.')[0]}: {name} must be finite (no NaN or inf) (checked at run time).",
+            f"{owner}: the result is not finite (NaN or inf) although the inputs are: {hint}."]
+    token = eqx.branched_error_if(jnp.zeros((), jnp.float32), bad, jnp.where(bad_x, 0, 1), msgs)
+    return out + token.astype(out.dtype)
 
 
 def finite_result(owner: str, x, hint: str):

@@ -93,9 +93,10 @@ def binarize(x: Array) -> Array:
     return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
 
 
-def as_queries(model: str, queries, dim: int, dtype, name: str = "queries") -> tuple[Array, bool]:
+def as_queries(model: str, queries, dim: int, dtype, name: str = "queries", check: bool = True) -> tuple[Array, bool]:
     """Queries as ``(batch, dim)`` plus whether the input was a single ``(dim,)`` query;
-    non-finite entries raise (a runtime data check)."""
+    non-finite entries raise (a runtime data check; ``check=False`` where the caller's
+    compiled program checks them)."""
     q = queries if isinstance(queries, jax.Array) else checks.real_array(model, name, queries, dtype)
     if q.ndim not in (1, 2) or q.shape[-1] != dim:
         raise ValueError(
@@ -106,7 +107,8 @@ def as_queries(model: str, queries, dim: int, dtype, name: str = "queries") -> t
         raise ValueError(f"{model}: {name} must hold at least one query, got shape {tuple(q.shape)}.")
     if not (jnp.issubdtype(q.dtype, jnp.floating) or jnp.issubdtype(q.dtype, jnp.integer) or q.dtype == jnp.bool_):
         raise TypeError(f"{model}: {name} must be a real array, got dtype {q.dtype}.")
-    q = checks.finite(model, name, q, runtime=True)
+    if check:
+        q = checks.finite(model, name, q, runtime=True)
     # One dtype (the patterns'), never weakly typed: a jitted retrieval compiles once.
     if q.dtype != dtype or q.weak_type:
         q = q.astype(dtype)
