@@ -53,9 +53,10 @@ _RUNNING, _EVENT, _MAXED, _ENDED = 0, 1, 2, 3
 class Window:
     """A window with a chosen refill ``chunk`` (private: tests and benchmarks). Passed as
     ``ham.relax(..., window=Window(size, chunk))``; after an eager call, ``stats`` holds
-    the loop's ``iterations`` and ``refills``."""
+    the loop's ``iterations`` and ``refills`` (and, for ``size="auto"``, the pilot's
+    ``auto`` info and the chosen ``window``, ``None`` for the vmapped solve)."""
 
-    size: int
+    size: int | str
     chunk: int | None = None
     stats: dict | None = None
 
@@ -65,13 +66,119 @@ def default_chunk(window: int) -> int:
     return max(1, window // 8)
 
 
+# ----------------------------------------------------------------------------- window="auto"
+AUTO_MIN_QUERIES = 256  # smaller batches are vmapped: the pilot would cost about what streaming saves
+PILOT_QUERIES = 64  # at most this many queries relaxed (vmapped) to estimate the mean and slowest steps
+PILOT_FRACTION = 16  # and at most 1/16 of the batch (at least 16), so that the pilot stays a small cost
+AUTO_MIN_SPREAD = 1.5  # max/mean steps below this: a vmapped batch wastes under a third; vmapped
+AUTO_MIN_GAIN = 1.25  # predicted work ratio vmapped/streamed below this: vmapped
+TAIL_FRACTION = 0.5  # the tail (W slots for the slowest query's steps) at most this × the useful work
+
+
+def min_window(state_size: int) -> int:
+    """The fewest slots worth a loop iteration: 8, more for small states (W × state size
+    ≥ 4096 numbers, so that the per-iteration cost of the loop and of the refill is
+    spread over enough work), at most 128."""
+    return int(np.clip(-(-4096 // max(int(state_size), 1)), 8, 128))
+
+
+def pick_window(n: int, state_size: int, mean_steps: float, max_steps: float) -> int | None:
+    """The rule of ``window="auto"``: the window for ``n`` queries of ``state_size``
+    numbers whose pilot took ``mean_steps`` on average and ``max_steps`` at most, or
+    ``None`` for the vmapped solve.
+
+    Streaming ``n`` queries through ``W`` slots costs about ``n·mean/W + max`` iterations
+    of ``W`` slots, i.e. the useful work ``n·mean`` plus a tail of at most ``W·max`` slot
+    steps (the slowest query finishing with the other slots idle); vmapped, it costs
+    ``n·max``. Keeping the tail within ``TAIL_FRACTION`` of the useful work,
+    ``W ≤ n·mean/(2·max)``, bounds the streamed cost by 1.5 × the useful work, a gain of
+    at least ``(max/mean)/1.5``; ``W`` is at least [`min_window`][] (per-iteration cost).
+    Vmapped when ``n < AUTO_MIN_QUERIES``, when ``max/mean < AUTO_MIN_SPREAD`` (the
+    vmapped solve then wastes less than the stream's tail and loop cost) or when the
+    predicted work ratio ``n·max / (n·mean + W·max)`` is below ``AUTO_MIN_GAIN``."""
+    if n < AUTO_MIN_QUERIES:
+        return None
+    mean, peak = max(float(mean_steps), 1.0), max(float(max_steps), 1.0)
+    if peak / mean < AUTO_MIN_SPREAD:
+        return None
+    w = min(max(int(TAIL_FRACTION * n * mean / peak), min_window(state_size)), n)
+    if n * peak / (n * mean + w * peak) < AUTO_MIN_GAIN:
+        return None
+    return w
+
+
+def pilot_indices(n: int, population: int | None = None) -> np.ndarray:
+    """``clip(n // 16, 16, 64)`` query indices drawn without replacement (a fixed seed:
+    the choice is deterministic), sorted; all of them when ``n`` is smaller. The pilot
+    costs about ``P · max`` slot steps against the stream's ``≈ 1.5 n · mean``: at most a
+    sixth of it for max/mean ≤ 4 once ``n ≥ 1024``. Drawn from ``population`` queries
+    when given (sharded queries: the rule counts one device's ``n``, the pilot draws from
+    all)."""
+    population = n if population is None else population
+    p = int(np.clip(n // PILOT_FRACTION, 16, PILOT_QUERIES))
+    if population <= p:
+        return np.arange(population)
+    return np.sort(np.random.default_rng(0).choice(population, p, replace=False))
+
+
+def estimate_max(pilot_steps, n: int, limit: int | None = None) -> float:
+    """The slowest of ``n`` queries' steps, extrapolated from a pilot sample: the largest of
+    ``P`` draws underestimates the largest of ``n ≫ P`` (on ``modern_1000x64``, 64 pilot
+    queries saw 23 steps, the 4096 took 44). For an exponential-like tail the expected
+    maximum of ``m`` draws grows as ``mean + σ ln m``, so ``mean + (pilot max − mean) ·
+    ln n / ln P``; never below the pilot's maximum, never above ``limit`` (``max_steps``)."""
+    steps = np.asarray(pilot_steps, np.float64).ravel()
+    p, mean, peak = steps.size, float(steps.mean()), float(steps.max())
+    est = peak if p < 2 or n <= p else mean + (peak - mean) * math.log(n) / math.log(p)
+    return float(min(max(est, peak), limit)) if limit is not None else float(max(est, peak))
+
+
+def _concrete(tree) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(tree))
+
+
+def auto_window(net, xs0, static, batch) -> tuple[int | None, dict]:
+    """Resolve ``window="auto"`` (see [`pick_window`][]): relax a pilot subset of the
+    queries (vmapped, no gradient), read its mean ``num_steps`` and extrapolate its
+    largest to the whole batch ([`estimate_max`][]). Returns
+    ``(window or None, info)``. Traced queries or network (under ``jit``/``grad``) cannot
+    run a pilot: the solve is then vmapped (``info["reason"]`` says so)."""
+    from .solve import _relax
+
+    n = math.prod(batch)
+    state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
+    info = {"queries": n, "state_size": state_size}
+    sharded = data_sharding(xs0, batch)
+    if sharded:  # the rule applies to each device's shard (one stream per device)
+        devices = math.prod(sharded[0].shape[a] for a in sharded[2])
+        n = n // devices
+        info = dict(info, devices=devices, queries_per_device=n)
+    if n < AUTO_MIN_QUERIES:
+        return None, dict(info, reason=f"fewer than {AUTO_MIN_QUERIES} queries" + (" per device" if sharded else ""))
+    if not (_concrete(xs0) and _concrete(net)):
+        return None, dict(info, reason="traced inputs: no pilot run under jit/grad")
+    idx = pilot_indices(n, math.prod(batch))
+    sub = {k: jnp.reshape(v, (math.prod(batch), *net.layers[k].shape))[idx] for k, v in xs0.items()}
+    pilot = _relax(_nondiff(net), _nondiff(sub), static, static.value[7], (len(idx),))
+    steps = np.asarray(pilot.num_steps)
+    mean, peak = float(steps.mean()), estimate_max(steps, n, static.value[4])
+    w = pick_window(n, state_size, mean, peak)
+    info = dict(info, pilot_queries=len(idx), pilot_mean_steps=mean, pilot_max_steps=int(steps.max()),
+                estimated_max_steps=peak, window=w,
+                reason="streamed" if w is not None else "max/mean or predicted gain too small")
+    return w, info
+
+
+def summary_trace(sol):
+    """A vmapped ``Solution`` with its trace cut to the start and the end (what
+    ``trace=False`` gives when ``window="auto"`` chose the vmapped solve)."""
+    n = sol.num_steps[..., None]
+    pick = lambda a: jnp.concatenate([a[..., :1], jnp.take_along_axis(a, n, axis=-1)], axis=-1)  # noqa: E731
+    return dataclasses.replace(sol, energies=pick(sol.energies), times=pick(sol.times))
+
+
 def check_window(window, solver, adjoint) -> tuple[int, int | None]:
     """``(size, chunk)`` of a ``window`` argument of ``ham.relax``, or a clear error."""
-    if isinstance(window, str):
-        raise ValueError(
-            f"ham.relax: window={window!r} is not implemented (no automatic choice of the window yet); "
-            "pass a positive integer number of slots, e.g. window=256, or window=None for the vmapped solve."
-        )
     chunk = None
     if isinstance(window, Window):
         window, chunk = window.size, window.chunk
@@ -107,22 +214,50 @@ def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solu
     """Entry from [`ham.relax`][] (arguments already checked): stream, then restore the
     batch shape; with the implicit adjoint, the final states get their derivative from
     the fixed-point condition, query by query."""
-    from .solve import Solution
+    from .solve import Solution, _relax
 
-    size, chunk = check_window(window, static.value[0], adjoint)
+    holder = window if isinstance(window, Window) else None
+    if holder is not None:
+        holder.stats = None
+    spec = holder.size if holder is not None else window
     n = math.prod(batch)
+    if isinstance(spec, str):
+        if spec != "auto":
+            raise ValueError(f"ham.relax: window must be a positive integer (slots in flight), 'auto' or None, "
+                             f"got {spec!r}.")
+        check_window(1, static.value[0], adjoint)
+        if n == 0:
+            raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
+        size, info = auto_window(net, xs0, static, batch)
+        if holder is not None:
+            holder.stats = {"auto": info, "window": size}
+        if size is None:  # the vmapped solve (small batch, narrow spread, or traced inputs)
+            sol = _relax(net, xs0, static, adjoint, batch)
+            return sol if trace else summary_trace(sol)
+        window = Window(size, None if holder is None else holder.chunk)
+    size, chunk = check_window(window, static.value[0], adjoint)
     if n == 0:
         raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
     xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
-    size = min(size, n)
+    sharded = data_sharding(xs0, batch)
+    per_device = n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded else n
+    size = min(size, per_device)
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
     cfg = _Config(tuple(static.value[:7]) + (size, chunk, bool(trace)))
-    out, stats = _run(net, xs, cfg)
+    if sharded:
+        out, stats = _run_sharded(net, xs, cfg, sharded[0], sharded[1])
+        if holder is not None:
+            holder.stats = dict(holder.stats or {}, devices=len(stats[0]), queries_per_device=per_device,
+                                iterations_per_device=[int(i) for i in stats[0]])
+        stats = (jnp.max(stats[0]), jnp.sum(stats[1]))
+    else:
+        out, stats = _run(net, xs, cfg)
     final, energies, times, nsteps, code, res, evals = out
     if isinstance(adjoint, diffrax.ImplicitAdjoint):
         final = _implicit(net, xs, final, adjoint)
-    if isinstance(window, Window) and not isinstance(stats[0], jax.core.Tracer):
-        window.stats = {"iterations": int(stats[0]), "refills": int(stats[1]), "window": size, "chunk": chunk}
+    if holder is not None and not isinstance(stats[0], jax.core.Tracer):
+        holder.stats = dict(holder.stats or {}, iterations=int(stats[0]), refills=int(stats[1]), window=size,
+                            chunk=chunk)
 
     def shaped(a, tail=()):
         return jnp.reshape(a, (*batch, *tail))
@@ -145,6 +280,60 @@ def _implicit(net, xs, final, adjoint):
         return optxi.implicit_jvp(_given_root, _rewrite, (net, x0, root), adjoint.tags, adjoint.linear_solver)[0]
 
     return jax.vmap(one)(xs, final)
+
+
+# ----------------------------------------------------------------------------- sharded queries
+def data_sharding(xs0, batch):
+    """``(mesh, spec, axes)`` when the queries are concrete arrays whose one batch axis is
+    sharded over mesh axes ``axes`` (the same ``NamedSharding`` batch spec on every layer,
+    nothing else sharded, the batch divisible by the devices), else ``None``."""
+    from jax.sharding import NamedSharding
+
+    if len(batch) != 1:
+        return None
+    first = None
+    for a in xs0.values():
+        if isinstance(a, jax.core.Tracer) or not isinstance(getattr(a, "sharding", None), NamedSharding):
+            return None
+        spec = tuple(a.sharding.spec) + (None,) * (a.ndim - len(a.sharding.spec))
+        if spec[0] is None or any(x is not None for x in spec[1:]):
+            return None
+        key = (a.sharding.mesh, spec[0])
+        if first is None:
+            first = key
+        elif key != first:
+            return None
+    mesh, lead = first
+    axes = lead if isinstance(lead, tuple) else (lead,)
+    if batch[0] % math.prod(mesh.shape[x] for x in axes):
+        return None
+    return mesh, lead, axes
+
+
+def _shard_map():
+    try:  # JAX >= 0.6
+        return jax.shard_map
+    except AttributeError:  # pragma: no cover - older JAX
+        from jax.experimental.shard_map import shard_map
+
+        return shard_map
+
+
+@eqx.filter_jit
+def _run_sharded(net, xs, cfg, mesh, lead):
+    """``_run`` on every device's shard of the queries (``shard_map`` over the data axis,
+    the window per device), results sharded the same way; the network replicated. Returns
+    the per-device ``(iterations, refills)``."""
+    from jax.sharding import PartitionSpec as P
+
+    params, rest = eqx.partition(net, eqx.is_array)
+
+    def local(params, xs):
+        out, (it, rf) = _run(eqx.combine(params, rest), xs, cfg)
+        return out, (jnp.reshape(it, (1,)), jnp.reshape(rf, (1,)))
+
+    fn = _shard_map()(local, mesh=mesh, in_specs=(P(), P(lead)), out_specs=(P(lead), P(lead)), check_vma=False)
+    return fn(params, xs)
 
 
 class _Config(eqx.Module):
@@ -336,3 +525,39 @@ def _run(net, xs, cfg):
     # the vmapped count less the second start evaluation and the final residual check
     evals = _count_evaluations(net, solver, nsteps, out["natt"]) - 2.0
     return (out["x"], energies, times, nsteps, code, res, evals), (carry["iterations"], carry["refills"])
+
+
+# ----------------------------------------------------------------------------- callers' default
+def default_window(relax_kwargs: dict, num_queries: int) -> dict:
+    """``relax_kwargs`` with ``window="auto"`` added where the library's own callers (the
+    memories' ``relax``, the landscape census) stream by default: no ``window`` given,
+    at least ``AUTO_MIN_QUERIES`` queries, the default solver and the implicit adjoint
+    (the only ones streamed). A ``window`` the caller gave is kept as given."""
+    if "window" in relax_kwargs or num_queries < AUTO_MIN_QUERIES:
+        return relax_kwargs
+    solver, adjoint = relax_kwargs.get("solver"), relax_kwargs.get("adjoint")
+    if solver is not None and not isinstance(solver, ExponentialEuler):
+        return relax_kwargs
+    if adjoint is not None and not isinstance(adjoint, diffrax.ImplicitAdjoint):
+        return relax_kwargs
+    return dict(relax_kwargs, window="auto")
+
+
+def num_queries(xs0: dict, net) -> int:
+    """The number of queries in a dict of (batched) layer states."""
+    return math.prod(net.batch_shape(xs0))
+
+
+def memory_relax(net, xs0: dict, relax_kwargs: dict, jitted):
+    """A memory's ``relax``: ``jitted(net, xs0, relax_kwargs)`` (the vmapped solve in one
+    jit, as before) unless a window applies — given, or ``"auto"`` by default for a large
+    batch ([`default_window`][]) — then [`ham.relax`][] itself (its parts are jitted; the
+    pilot of ``"auto"`` and per-device streaming need the concrete queries)."""
+    name = next(iter(xs0))
+    n = math.prod(jnp.shape(xs0[name])) // max(math.prod(net.layers[name].shape), 1)
+    kw = default_window(relax_kwargs, n)
+    if kw.get("window") is None:
+        return jitted(net, xs0, {k: v for k, v in kw.items() if k != "window"})
+    from .solve import relax
+
+    return relax(net, xs0, **kw)

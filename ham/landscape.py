@@ -33,6 +33,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks as checks
 from .integrator import _is_clamped
+from ._stream import default_window
 from .memories._binary import ExponentialAssociativeMemory, _BinaryMemory
 from .memories._modern import ModernHopfield
 from .network import HAM
@@ -185,7 +186,9 @@ def census(
       distinct minima of a well-conditioned net. Points are merged with the first
       (lowest-index) representative within the radius.
     - ``chunk``: starts are relaxed ``chunk`` at a time (one compilation; memory bounded by
-      one chunk plus the distinct points).
+      one chunk plus the distinct points). A chunk of 256 or more starts is streamed
+      (``window="auto"`` of [`ham.relax`][]: slow starts no longer hold up the chunk)
+      unless ``relax_kwargs`` give a ``window`` (``window=None``: vmapped).
 
     **Returns:** a [`Census`][ham.landscape.Census].
 
@@ -300,7 +303,7 @@ def _ham_census(owner, net: HAM, xs, tol, chunk, relax_kwargs):
     for lo in range(0, s_total, size):
         block = {k: _pad(v[lo:lo + size], size) for k, v in xs.items()}
         n_real = min(size, s_total - lo)
-        sol = relax(net, block, **relax_kwargs)
+        sol = relax(net, block, **default_window(relax_kwargs, size))  # a large chunk is streamed
         conv = np.asarray(sol.converged)[:n_real]
         fin = {k: v[:n_real] for k, v in sol.states.items()}
         converged[lo:lo + n_real] = conv

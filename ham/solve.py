@@ -298,7 +298,7 @@ def relax(
     adjoint: diffrax.AbstractAdjoint | None = None,
     factormax: float = 4.0,
     dtmax: float | None = None,
-    window: int | None = None,
+    window: int | str | None = None,
     trace: bool = True,
 ) -> Solution:
     r"""Integrate $\tau_A\dot x_A = -\partial E/\partial g_A$ from ``xs0`` with diffrax
@@ -346,10 +346,23 @@ def relax(
     ``num_steps``, ``converged`` and ``reason``; in float32 a stop may move by a step or
     two with round-off); ``num_evaluations`` is two less per query (one start evaluation
     serves the monitor and the solver, the final residual is read from the monitor). Default solver
-    only; gradients by the implicit function theorem only; ``window="auto"`` is not
-    implemented. ``trace=False`` (with a window) keeps only the start and the end of each
-    energy trace (``energies``/``times`` of length 2), so memory does not grow with
-    ``max_steps`` × queries. See ``ham/_stream.py``.
+    only; gradients by the implicit function theorem only. ``trace=False`` (with a
+    window) keeps only the start and the end of each energy trace (``energies``/``times``
+    of length 2), so memory does not grow with ``max_steps`` × queries. See
+    ``ham/_stream.py``.
+
+    ``window="auto"`` chooses: N < 256 queries are vmapped; otherwise a pilot of
+    P = clip(N/16, 16, 64) queries (a fixed-seed random subset, relaxed vmapped) gives
+    the mean steps and, its largest extrapolated to N draws
+    (mean + (pilot max − mean) ln N / ln P), the slowest; W = N · mean / (2 · max), at
+    least 8 (more for states under 512 numbers, so that a loop iteration has enough
+    work). Sharded queries (a ``NamedSharding`` over the batch axis) stream per device
+    (``shard_map``; the window and this rule per device), results sharded alike. Why: streaming costs the useful work
+    N · mean plus a tail of at most W · max slot steps, vmapping N · max; this W keeps
+    the tail within half the useful work, a gain of at least (max/mean)/1.5. Vmapped
+    instead when max/mean < 1.5 or the predicted gain N·max / (N·mean + W·max) < 1.25.
+    Under ``jit``/``grad`` (traced queries or network) no pilot can run and "auto" is
+    the vmapped solve; pass an integer window there.
     """
     xs0 = {k: jnp.asarray(v) for k, v in dict(xs0).items()}
     batch = net.batch_shape(xs0)

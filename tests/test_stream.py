@@ -200,8 +200,10 @@ def test_bad_window_arguments_are_refused():
     for bad in (2.5, True, np.float32(4.0)):
         with pytest.raises(TypeError, match="window must be a positive integer"):
             ham.relax(net, xs, window=bad)
-    with pytest.raises(ValueError, match="window='auto' is not implemented"):
-        ham.relax(net, xs, window="auto")
+    with pytest.raises(ValueError, match="window must be a positive integer .*'auto' or None, got 'fast'"):
+        ham.relax(net, xs, window="fast")
+    with pytest.raises(ValueError, match="ExponentialEuler only, got solver=Tsit5"):
+        ham.relax(net, xs, window="auto", solver=diffrax.Tsit5())
     with pytest.raises(ValueError, match="refill chunk must be a positive integer"):
         ham.relax(net, xs, window=_stream.Window(4, 0))
     with pytest.raises(ValueError, match="ExponentialEuler only, got solver=Tsit5"):
@@ -230,3 +232,151 @@ def test_float32_solve_stays_float32_under_x64(x64, window):
     assert bool(jnp.all(sol.converged))
     sol64 = ham.relax(net, {k: v.astype(jnp.float64) for k, v in xs.items()}, window=window)
     assert sol64.states["v"].dtype == jnp.float64 and sol64.times.dtype == jnp.float64
+
+
+# ----------------------------------------------------------------------------- window="auto"
+def test_auto_window_rule_on_synthetic_pilots():
+    pick = _stream.pick_window
+    assert pick(200, 400, 10.0, 60.0) is None  # a small batch: vmapped
+    assert pick(4096, 400, 10.0, 14.0) is None  # max/mean 1.4 < 1.5: vmapped
+    # the tail rule W = N mean / (2 max), the tail W max then half the useful work N mean
+    w = pick(4096, 400, 10.0, 60.0)
+    assert w == int(4096 * 10 / 120) and w * 60.0 <= 0.5 * 4096 * 10
+    assert pick(4096, 400, 0.0, 0.0) is None  # every query at rest: nothing to stream
+    # a small state raises the floor (W x state >= 4096 numbers, at most 128 slots)
+    assert _stream.min_window(16) == 128 and _stream.min_window(400) == 11 and _stream.min_window(10**6) == 8
+    assert pick(1000, 16, 10.0, 100.0) == 128
+    # the floor makes the predicted gain N max / (N mean + W max) = 0.95 < 1.25: vmapped
+    assert pick(300, 16, 10.0, 16.0) is None
+    assert pick(10**6, 64, 9.0, 44.0) == int(10**6 * 9 / 88)  # a window never exceeds N
+
+
+def test_auto_extrapolates_the_pilot_maximum_to_the_batch():
+    assert len(_stream.pilot_indices(300)) == 18 and len(_stream.pilot_indices(10**5)) == 64
+    assert len(_stream.pilot_indices(100)) == 16 and len(set(_stream.pilot_indices(4096))) == 64
+    steps = np.array([10] * 63 + [30])
+    mean = steps.mean()
+    assert _stream.estimate_max(steps, 4096) == pytest.approx(mean + (30 - mean) * 2.0)  # ln 4096 / ln 64 = 2
+    assert _stream.estimate_max(steps, 4096, limit=40) == 40  # never above max_steps
+    assert _stream.estimate_max(steps, 64) == 30  # the pilot is the batch
+    assert _stream.estimate_max(np.full(64, 7), 10**6) == 7  # no spread, nothing to extrapolate
+    # on exponential-tailed draws the estimate is nearer the batch maximum than the pilot's
+    rng = np.random.default_rng(0)
+    errs_pilot, errs_est = [], []
+    for _ in range(50):
+        batch = np.ceil(rng.exponential(9.0, 4096)) + 3
+        pilot = batch[_stream.pilot_indices(4096)]
+        errs_pilot.append(abs(pilot.max() - batch.max()))
+        errs_est.append(abs(_stream.estimate_max(pilot, 4096) - batch.max()))
+    assert np.mean(errs_est) < 0.6 * np.mean(errs_pilot), (np.mean(errs_est), np.mean(errs_pilot))
+
+
+def _mixed(n, dtype=jnp.float64):
+    """One query in six noisy (many steps), the others near a stored pattern (few)."""
+    net, noisy = _classical(dtype, n, jax.random.PRNGKey(11), flip=0.3)
+    _, near = _classical(dtype, n, jax.random.PRNGKey(11), flip=0.02)
+    return net, {"v": jnp.where((jnp.arange(n) % 6 == 0)[:, None], noisy["v"], near["v"])}
+
+
+def test_auto_streams_a_heterogeneous_batch_with_per_query_results_of_vmap(x64):
+    net, xs = _mixed(300)
+    ref = ham.relax(net, xs)
+    w = _stream.Window("auto")
+    got = ham.relax(net, xs, window=w)
+    info = w.stats["auto"]
+    assert info["pilot_queries"] == 300 // 16 and isinstance(w.stats["window"], int), w.stats
+    steps = np.asarray(ref.num_steps)
+    assert steps.max() >= 1.5 * steps.mean()
+    # the rule on the pilot's numbers, and its tail bound against the whole batch's
+    assert w.stats["window"] == _stream.pick_window(300, 64, info["pilot_mean_steps"], info["estimated_max_steps"])
+    tail_rule = int(300 * max(info["pilot_mean_steps"], 1) / (2 * info["estimated_max_steps"]))
+    assert w.stats["window"] == max(tail_rule, _stream.min_window(64))
+    assert info["estimated_max_steps"] >= info["pilot_max_steps"]
+    _assert_same_per_query(ref, got, jnp.float64)
+    np.testing.assert_allclose(np.asarray(got.energies), np.asarray(ref.energies), rtol=1e-10, atol=1e-10)
+
+
+def test_auto_is_the_vmapped_solve_for_small_batches_and_under_jit(x64):
+    net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(12))
+    ref = ham.relax(net, xs)
+    w = _stream.Window("auto")
+    got = ham.relax(net, xs, window=w)
+    assert w.stats == {"auto": {"queries": N, "state_size": 64, "reason": "fewer than 256 queries"}, "window": None}
+    np.testing.assert_array_equal(np.asarray(got.states["v"]), np.asarray(ref.states["v"]))
+    summary = ham.relax(net, xs, window="auto", trace=False)  # the vmapped trace, cut to its ends
+    n = np.asarray(ref.num_steps)
+    np.testing.assert_array_equal(np.asarray(summary.energies),
+                                  np.stack([np.asarray(ref.energies)[:, 0], np.asarray(ref.energies)[np.arange(N), n]], 1))
+    # traced queries: no pilot can run, the vmapped solve
+    big_net, big = _mixed(300)
+    w = _stream.Window("auto")
+    jitted = jax.jit(lambda x: ham.relax(big_net, x, window=w).num_steps)(big)
+    assert w.stats["window"] is None and "traced" in w.stats["auto"]["reason"]
+    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(ham.relax(big_net, big).num_steps))
+
+
+# ----------------------------------------------------------------------------- sharded queries
+def test_queries_sharded_over_a_data_axis_stream_per_device():
+    """8 virtual CPU devices (in a subprocess: the flag must be set before JAX starts)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    script = Path(__file__).with_name("_stream_sharding_script.py")
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 8
+    # results sharded like the queries; each device streamed its own 6 queries through 2 slots
+    assert r["state_spec"] == r["steps_spec"] == "P('data',)" and r["state_shard_shape"] == [6, 64]
+    s = r["stats"]
+    assert s["devices"] == 8 and s["queries_per_device"] == 6 and s["window"] == 2
+    assert len(s["iterations_per_device"]) == 8 and s["iterations"] == max(s["iterations_per_device"])
+    # per query the vmapped (unsharded) solve's steps, reasons, states and trace
+    assert r["same_steps"] and r["same_reason"] and r["within_tol"] and r["energies_err"] < 1e-10
+    # "auto" applies its rule to one device's 256 queries
+    a = r["auto_stats"]
+    assert a["auto"]["queries_per_device"] == 256 and a["auto"]["pilot_queries"] == 16
+    assert a["window"] == a["auto"]["window"] and a["window"] is not None and a["devices"] == 8
+    assert r["auto_same_steps"] and r["auto_spec"] == "P('data',)"
+
+
+# ----------------------------------------------------------------------------- the library's callers
+def test_memories_stream_large_batches_by_default_with_per_query_results_of_vmap(x64):
+    net, xs = _mixed(300)
+    mem = ham.memories.classical(jnp.where(jax.random.bernoulli(jax.random.PRNGKey(11), 0.5, (6, 64)), 1.0, -1.0))
+    q = xs["v"]
+    w = _stream.Window("auto")
+    default = mem.relax(q, beta=4.0)  # 300 queries: "auto" (streamed)
+    traced = mem.relax(q, beta=4.0, window=w)
+    assert isinstance(w.stats["window"], int)
+    vmapped = mem.relax(q, beta=4.0, window=None)
+    _assert_same_per_query(vmapped, default, jnp.float64)
+    np.testing.assert_array_equal(np.asarray(default.num_steps), np.asarray(traced.num_steps))
+    # the single-shot jitted path is kept for small batches (exactly the vmapped solve)
+    small = mem.relax(q[:20], beta=4.0)
+    np.testing.assert_array_equal(np.asarray(small.states["v"]), np.asarray(vmapped.states["v"])[:20])
+    np.testing.assert_allclose(np.asarray(mem.retrieve_continuous(q, beta=4.0)),
+                               np.asarray(jnp.tanh(4.0 * vmapped.states["v"])), atol=1e-6)
+    # a default window is never forced on a solver that cannot stream
+    assert "window" not in _stream.default_window({"solver": diffrax.Tsit5()}, 10**4)
+    assert _stream.default_window({}, 10**4) == {"window": "auto"} and _stream.default_window({}, 255) == {}
+    assert _stream.default_window({"window": None}, 10**4) == {"window": None}
+
+
+def test_census_with_and_without_streaming_finds_the_same_points_and_counts():
+    k1, k2 = jax.random.split(jax.random.PRNGKey(13))
+    mem = ham.memories.modern(jax.random.normal(k1, (6, 8)) / np.sqrt(8), beta=3.0)
+    w = _stream.Window(24)
+    streamed = ham.landscape.census(mem.network, 256, key=k2, window=w)
+    assert w.stats["window"] == 24 and w.stats["refills"] >= 29, w.stats  # the window reached relax
+    vmapped = ham.landscape.census(mem.network, 256, key=k2, window=None)
+    assert streamed.points["v"].shape == vmapped.points["v"].shape and streamed.points["v"].shape[0] >= 2
+    np.testing.assert_array_equal(np.asarray(streamed.counts), np.asarray(vmapped.counts))
+    np.testing.assert_array_equal(np.asarray(streamed.assignment), np.asarray(vmapped.assignment))
+    for k in vmapped.points:
+        np.testing.assert_allclose(np.asarray(streamed.points[k]), np.asarray(vmapped.points[k]), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(streamed.energies), np.asarray(vmapped.energies), rtol=1e-4, atol=1e-4)

@@ -23,6 +23,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
+from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Dense
 from .. import _checks as checks
@@ -264,11 +265,12 @@ class ClassicalHopfield(_BinaryMemory):
         return self.make_network()
 
     def relax(self, queries, beta=None, **relax_kwargs) -> Solution:
-        """Continuous dynamics from internal state ``x = queries`` via [`ham.relax`][]."""
+        """Continuous dynamics from internal state ``x = queries`` via [`ham.relax`][]
+        (a batch of 256 or more queries is streamed, ``window="auto"``, unless ``window``
+        is given; ``window=None`` vmaps)."""
         q, single = as_queries("classical", queries, self.dim, self.patterns.dtype)
         net = self.make_network(beta)
-        sol = _relax_jit(net, {"v": q[0] if single else q}, with_default_solver(net, relax_kwargs))
-        return sol
+        return memory_relax(net, {"v": q[0] if single else q}, with_default_solver(net, relax_kwargs), _relax_jit)
 
     def retrieve_continuous(self, queries, beta=None, **relax_kwargs) -> Float[Array, "*batch dim"]:
         r"""The activations $\tanh(\beta x^*)$ at the fixed point of the continuous dynamics."""

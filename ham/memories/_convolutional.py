@@ -17,6 +17,7 @@ from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
 from .. import _checks as checks
+from .._stream import default_window, num_queries
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Bias, Conv, Dense, Pool
 
@@ -157,9 +158,11 @@ class ConvolutionalMemory(eqx.Module):
         mask: Bool[Array, "*batch height width channels"] | None = None,
         **relax_options,
     ) -> Solution:
-        """[`ham.relax`][] from [`initial_state`][] (options passed on to ``ham.relax``)."""
+        """[`ham.relax`][] from [`initial_state`][] (options passed on to ``ham.relax``; a
+        batch of 256 or more images is streamed, ``window="auto"``, unless ``window`` is given)."""
         net = self.network
-        return relax(net, self.initial_state(images, mask), **with_default_solver(net, relax_options))
+        xs0 = self.initial_state(images, mask)
+        return relax(net, xs0, **default_window(with_default_solver(net, relax_options), num_queries(xs0, net)))
 
     def retrieve(
         self,

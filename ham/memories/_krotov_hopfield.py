@@ -38,6 +38,7 @@ from jaxtyping import Array, Float, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
+from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
@@ -146,9 +147,11 @@ class LargeAssociativeMemory(eqx.Module):
         return {"v": q[0], "h": h[0]} if single else {"v": q, "h": h}
 
     def relax(self, queries, hidden_tau: float | None = None, **relax_kwargs) -> Solution:
-        """[`ham.relax`][] of ``network`` from ``init_states(queries)`` (jit-compiled)."""
+        """[`ham.relax`][] of ``network`` from ``init_states(queries)`` (jit-compiled; a batch
+        of 256 or more queries is streamed, ``window="auto"``, unless ``window`` is given)."""
         net = self.make_network(hidden_tau)
-        return _relax_jit(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")))
+        return memory_relax(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")),
+                            _relax_jit)
 
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """Visible activations $g_v$ at the fixed point reached from ``queries``."""

@@ -35,6 +35,7 @@ from .. import _checks as checks
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
+from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Synapse
 from ..synapses._base import shape_error
@@ -140,12 +141,13 @@ class OneLayerMemory(eqx.Module):
 
     def relax(self, queries, **relax_kwargs) -> Solution:
         """Relax $\\tau\\dot x = -\\nabla E(x)$ from ``queries`` with [`ham.relax`][]
-        (jit-compiled; keyword arguments go to it); ``solution.states["x"]`` is the
+        (jit-compiled; keyword arguments go to it; a batch of 256 or more queries is
+        streamed, ``window="auto"``, unless ``window`` is given); ``solution.states["x"]`` is the
         local minimum reached, and ``solution.energies`` the energy trace."""
         net = self.make_network()
         if self._default_dtmax is not None and relax_kwargs.get("solver") is None:
             relax_kwargs = {"dtmax": self._default_dtmax, **relax_kwargs}
-        return _relax_jit(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("x",)))
+        return memory_relax(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("x",)), _relax_jit)
 
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """The local minimum each query relaxes to (``relax(queries).states["x"]``), the
