@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float, Scalar
 from .. import lagrangians
 from ..layer import Layer
 from ..network import HAM
+from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
@@ -158,9 +159,12 @@ class ModernHopfield(eqx.Module):
 
     def relax(self, queries, hidden_tau: float | None = None, **relax_kwargs) -> Solution:
         """Run the HAM dynamics from ``init_states(queries)`` to a fixed point with
-        [`ham.relax`][] (jit-compiled); ``solution.states["v"]`` is the retrieved pattern."""
+        [`ham.relax`][] (jit-compiled; a batch of 256 or more queries is streamed,
+        ``window="auto"``, unless ``window`` is given); ``solution.states["v"]`` is the
+        retrieved pattern."""
         net = self.make_network(hidden_tau)
-        return _relax_jit(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")))
+        return memory_relax(net, self.init_states(queries), with_default_solver(net, relax_kwargs, ("v", "h")),
+                            _relax_jit)
 
 
 @eqx.filter_jit
