@@ -484,6 +484,32 @@ def bench_relax() -> str:
     ])
 
 
+def bench_stream() -> str:
+    if not (RESULTS / "bench_stream.json").exists():
+        return "*(No committed results yet: run `python -m experiments.bench_stream`.)*"
+    r = load("bench_stream.json")
+    rows = []
+    for x in r["results"]:
+        auto = "vmapped" if x["window_auto"] is None else x["window_auto"]
+        rows.append([f"`{x['case']}`", x["dtype"], x["queries"], f"{x['mean_steps']:.1f} / {x['max_steps']}",
+                     f"{x['vmapped_seconds']:.2f}", f"{x['window_best']}: {x['streamed_seconds']:.2f} s, "
+                     f"**{x['speedup']:.2f}×**", f"{auto}: {x['auto_seconds']:.2f} s, {x['auto_speedup']:.2f}×",
+                     f"≥ {x['target']:.2f}× {'✓' if x['meets_target'] else '✗'}",
+                     f"{x['iterations']} ({x['iterations_model']:.0f})",
+                     f"{x['same_steps']:.3f} / {x['same_state']:.3f}"])
+    loads = [v for x in r["results"] for v in (x["load_before"][0], x["load_after"][0])]
+    return "\n\n".join([
+        f"Device `{r.get('device', '?')}` ({r.get('cpu_count', '?')} cores shared with other jobs: 1-minute load "
+        f"{min(loads):.1f}–{max(loads):.1f}), JAX {r.get('jax', '?')}; seconds per call of the whole batch, medians "
+        "of interleaved rounds (`auto` includes its pilot run). Target: 0.6 × max/mean steps, at most 4× "
+        "(0.95× where max/mean < 1.5). Loop iterations of the best window against the model "
+        "N · mean/W + max (attempted steps); same `num_steps` / same final state (within the steady-state "
+        "tolerance) as the vmapped solve:",
+        table(["case", "dtype", "queries", "mean / max steps", "vmapped s", "best W: s, speed-up",
+               "`window=\"auto\"`: W, s, speed-up", "target", "iterations (model)", "same steps / state"], rows),
+    ])
+
+
 def bench_relax_fidelity() -> str:
     if not (RESULTS / "bench_relax_fidelity.json").exists():
         return "*(No committed results yet: run `python -m experiments.bench_relax --fidelity`.)*"
@@ -777,6 +803,7 @@ RENDERERS = {
     "bench_retrieval": bench_retrieval,
     "bench_relax": bench_relax,
     "bench_relax_fidelity": bench_relax_fidelity,
+    "bench_stream": bench_stream,
     "bench_scale": bench_scale,
     "landscape": landscape,
 }
