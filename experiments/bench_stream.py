@@ -119,14 +119,17 @@ def run_case(name: str, dtype: str, batch: int, rounds: int, window: int | None 
     calls = {"vmapped": lambda: ham.relax(net, xs).states,
              "streamed": lambda: ham.relax(net, xs, window=best).states,
              "auto": lambda: ham.relax(net, xs, window="auto").states}
-    inner = {m: max(1, math.ceil(MIN_BLOCK_S / max(_timed(fn), 1e-6))) for m, fn in calls.items()}
+    inner = dict.fromkeys(calls, 1)  # calls per block: 1, more after a first block shorter than MIN_BLOCK_S
     times = {m: [] for m in calls}
     for _ in range(rounds):  # interleaved: all see the same machine load
         for m, fn in calls.items():
             t0 = time.perf_counter()
             for _ in range(inner[m]):
                 jax.block_until_ready(fn())
-            times[m].append((time.perf_counter() - t0) / inner[m])
+            block = time.perf_counter() - t0
+            times[m].append(block / inner[m])
+            if block < MIN_BLOCK_S:
+                inner[m] = max(inner[m], math.ceil(MIN_BLOCK_S / max(block / inner[m], 1e-6)))
     sec = {m: statistics.median(v) for m, v in times.items()}
     ratio = peak / max(mean, 1e-9)
     model = batch * att.mean() / best + att.max()
@@ -202,6 +205,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="queries per row (default by case)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--window", type=int, default=None, help="one explicit window instead of the search")
+    ap.add_argument("--factors", type=float, nargs="*", default=None,
+                    help=f"explicit windows tried, N mean/(k max) for these k (default {WINDOW_FACTORS})")
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
     ap.add_argument("--table", action="store_true", help="print the table from the results file and exit")
     args = ap.parse_args(argv)
@@ -235,7 +240,7 @@ def main(argv=None):
             key = (c, d, size(c))
             row = done.get(key)
             if row is None:  # resume: finished rows are kept
-                row = run_case(c, d, size(c), rounds, args.window, factors=(2,) if args.smoke else WINDOW_FACTORS)
+                row = run_case(c, d, size(c), rounds, args.window, factors=args.factors or ((2,) if args.smoke else WINDOW_FACTORS))
                 done[key] = row
                 write_json(path, {"results": list(done.values()), "platform": platform.platform(),
                                   "processor": platform.processor(), "device": str(jax.devices()[0]),

@@ -278,6 +278,7 @@ def _mixed(n, dtype=jnp.float64):
     return net, {"v": jnp.where((jnp.arange(n) % 6 == 0)[:, None], noisy["v"], near["v"])}
 
 
+@pytest.mark.slow  # ~15 s of compiles; the memories test covers auto = vmapped by default
 def test_auto_streams_a_heterogeneous_batch_with_per_query_results_of_vmap(x64):
     net, xs = _mixed(300)
     ref = ham.relax(net, xs)
@@ -367,6 +368,7 @@ def test_memories_stream_large_batches_by_default_with_per_query_results_of_vmap
     assert _stream.default_window({"window": None}, 10**4) == {"window": None}
 
 
+@pytest.mark.slow  # ~15 s of compiles (run with -m slow); per-query equality of streaming is tested by default above
 def test_census_with_and_without_streaming_finds_the_same_points_and_counts():
     k1, k2 = jax.random.split(jax.random.PRNGKey(13))
     mem = ham.memories.modern(jax.random.normal(k1, (6, 8)) / np.sqrt(8), beta=3.0)
