@@ -627,6 +627,92 @@ def landscape() -> str:
            f"minima found {r['large']['minima']}."),
     ])
 
+def landscape_et_spread() -> str:
+    """The landscape study's trained Energy Transformer: attention and softmax-Hopfield spreads."""
+    r = load("landscape.json") if (RESULTS / "landscape.json").exists() else load("landscape_quick.json")
+    if not r.get("et_spread"):
+        raise KeyError("et_spread (rerun python -m experiments.landscape: it resumes and adds the part)")
+    out = []
+    for e in r["et_spread"]:
+        tr, un, uni = e["models"]["trained"], e["models"]["untrained"], e["uniform"]
+
+        def cell(d):
+            return (f"{d['median']:g} [{d['q05']:g}–{d['q95']:g}] (mean {d['mean']:.2f}, "
+                    f"{d['mean_ci'][0]:.2f}–{d['mean_ci'][1]:.2f})")
+
+        rows = []
+        for state in ("start", "final"):
+            for h in range(e["heads"]):
+                t9, u9 = tr["attention"][f"{state}/0.9"][h], un["attention"][f"{state}/0.9"][h]
+                t5, u5 = tr["attention"][f"{state}/0.5"][h], un["attention"][f"{state}/0.5"][h]
+                rows.append([h, state, cell(t9), cell(u9), cell(t5), cell(u5), f"{100 * t9['single']:.1f} %",
+                             f"{t9['mean_masked_queries']:.2f} / {t9['mean_visible_queries']:.2f}"])
+        rows.append(["uniform logits", "(global average)", uni["0.9"]["attention"], uni["0.9"]["attention"],
+                     uni["0.5"]["attention"], uni["0.5"]["attention"], "0 %", "–"])
+        parts = [
+            f"**Attention spread of a trained Energy Transformer** ({e['kind']} Hopfield energy; digits, "
+            f"{e['tokens']} tokens of 2×2 patches, global attention, {e['heads']} heads, {e['memories']} memories, "
+            f"trained for {e['epochs']} epochs on {e['train_images']} images inside this study; held-out masked-patch MSE "
+            f"**{e['mse_et']:.4f}** against {e['mse_mean_fill']:.4f} for the mean-patch fill, "
+            f"{e['mse_baseline']:.4f} for the same-width transformer trained beside it, and {e['mse_untrained']:.4f} "
+            f"for the ET at its initialisation). Measured on {e['test_images']} held-out images with "
+            f"{e['masked_tokens']} of {e['tokens']} patches masked: per head, the number of keys (of "
+            f"{e['allowed_keys']} allowed) holding 90 % / 50 % of each query token's attention "
+            "(`ham.landscape.attention_spread` of `Attention.scores`), at the start state (embedded, masked tokens) "
+            "and at the state the ET's inference reaches; median [5–95 % quantiles] (mean, 95 % bootstrap interval "
+            "over images), pooled over images × query tokens. The untrained column is the same network at its "
+            "initialisation, on the same images and masks.",
+            f"Claim: {r['claims']['et_spread']}.",
+            table(["head", "state", "trained: keys for 90 %", "untrained: keys for 90 %", "trained: keys for 50 %",
+                   "untrained: keys for 50 %", "trained: single-key queries (90 %)",
+                   "trained mean, masked / visible queries"], rows),
+        ]
+        if tr["hopfield"]:
+            hrows = [[state, cell(tr["hopfield"][f"{state}/0.9"]), cell(un["hopfield"][f"{state}/0.9"]),
+                      cell(tr["hopfield"][f"{state}/0.5"]), cell(un["hopfield"][f"{state}/0.5"])]
+                     for state in ("start", "final")]
+            hrows.append(["uniform logits", uni["0.9"]["hopfield"], uni["0.9"]["hopfield"], uni["0.5"]["hopfield"],
+                          uni["0.5"]["hopfield"]])
+            parts += [f"The softmax Hopfield energy's spread: memories (of {e['memories']}) holding 90 % / 50 % of "
+                      "each token's softmax over the memories (`Hopfield.scores`):",
+                      table(["state", "trained: memories for 90 %", "untrained: memories for 90 %",
+                             "trained: memories for 50 %", "untrained: memories for 50 %"], hrows)]
+        def _mean(v):
+            return sum(v) / len(v)
+
+        def medians(m, state):
+            return [d["median"] for d in m["attention"][f"{state}/0.9"]]
+
+        def listed(v):
+            return ", ".join(f"{x:g}" for x in v)
+
+        glob = uni["0.9"]["attention"]
+        start_t, start_u = medians(tr, "start"), medians(un, "start")
+        fin_t, fin_u = medians(tr, "final"), medians(un, "final")
+        mean_t = _mean([d["mean"] for d in tr["attention"]["final/0.9"]])
+        mean_u = _mean([d["mean"] for d in un["attention"]["final/0.9"]])
+        single_t = _mean([d["single"] for d in tr["attention"]["final/0.9"]])
+        single_u = _mean([d["single"] for d in un["attention"]["final/0.9"]])
+        found = [
+            f"Found (keys for 90 %, medians per head): at the start state trained {listed(start_t)} and untrained "
+            f"{listed(start_u)} of {e['allowed_keys']} keys, against {glob} for the global average; at the final "
+            f"state trained {listed(fin_t)}, untrained {listed(fin_u)}. Mean over heads at the final state: "
+            f"trained {mean_t:.2f} keys ({100 * single_t:.0f} % of queries on a single key), untrained {mean_u:.2f} "
+            f"({100 * single_u:.0f} %): training made the attention of the state the ET reaches "
+            + ("broader" if mean_t > mean_u else "sharper") + " than at initialisation."]
+        if tr["hopfield"]:
+            ht, hu = tr["hopfield"]["final/0.9"], un["hopfield"]["final/0.9"]
+            found.append(
+                f"Its softmax Hopfield energy at the final state: trained tokens put 90 % of their weight on a median "
+                f"{ht['median']:g} memories ({100 * ht['single']:.0f} % on one), untrained on {hu['median']:g} "
+                f"(uniform: {uni['0.9']['hopfield']} of {e['memories']}).")
+        parts.append(" ".join(found) + (
+            f" (Training: {e['et_train_s']:.0f} s for the ET, {e['baseline_train_s']:.0f} s for the transformer; "
+            f"checkpoint `{e['checkpoint']}`, git-ignored, so a rerun resumes.)"))
+        out.append("\n\n".join(parts))
+    return "\n\n".join(out)
+
+
 def _interval(d: dict) -> str:
     lo, hi = d["test_error_wilson95"]
     ci = d["test_error_ci95"]
@@ -790,6 +876,7 @@ def frontier_memories() -> str:
 
 
 RENDERERS = {
+    "landscape_et_spread": landscape_et_spread,
     "frontier_memories": frontier_memories,
     "classical": classical,
     "dense": dense,

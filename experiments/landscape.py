@@ -26,15 +26,32 @@ Parts (each states the published claim beside the measured number, intervals ove
   pattern (Theorem 3: Δ ≥ 2/(βK) + β⁻¹ ln(2(K−1)KβM²)).
 - ``spread``: the attention spread (patterns holding 90 % of the softmax mass) of a modern
   memory over β for queries near a stored pattern and for random queries.
+- ``et_spread``: the same measure on a trained Energy Transformer (Hoover et al. 2023): a
+  digits ET (``experiments.energy_transformer``'s digits settings: 16 tokens of 2×2 patches,
+  global attention, width 64, 4 heads; trained here with a *softmax* Hopfield energy, so
+  that its spread over the memories is measurable too, and in the full run also with the
+  paper's relu Hopfield; each model saved under ``<results>/checkpoints/`` so a rerun resumes). On held-out images with half the patches
+  masked: per head, the keys (of the 15 allowed) holding 90 % / 50 % of each query's
+  attention (``Attention.scores``), and the memories holding them of each token's Hopfield
+  softmax (``Hopfield.scores``), at the start state and at the state the ET's inference
+  reaches; beside the same ET at its initialisation and uniform logits (global average).
+  Claim (Ramsauer et al. 2020): first layers average globally, higher layers work in
+  metastable states; learning starts from averaging heads, most of which switch to
+  metastable states.
 
     python -m experiments.landscape [--quick | --smoke] [--results-dir DIR] [--seed S]
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import time
+from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,11 +60,14 @@ import ham
 from ham import landscape as L
 
 from . import _capacity as cap
+from . import energy_transformer as ET
 from ._io import save_figure, write_json
 
 NAME = "landscape"
 PATTERN_SAMPLE = 256  # stored patterns classified per grid point (all of them when K is smaller)
 MODEL_IDS = {"classical": 1, "dense3": 2, "dense4": 3, "exponential": 4}
+
+ET_MASSES = (0.9, 0.5)
 
 GRIDS = {
     "full": dict(
@@ -63,6 +83,10 @@ GRIDS = {
                     patterns=8, trials=16),
         barriers=dict(betas=[1.0, 2.0, 4.0]),
         large=dict(D=2000, K=8000, points=4),
+        # the digits ET of experiments.energy_transformer with a softmax Hopfield (its spread over the
+        # memories) and with the paper's relu Hopfield (attention heads only); 40 epochs each took ~8 min
+        # on a 2-core CPU shared ~3x (its 80-epoch default took 476 s of ET training on a quiet machine)
+        et=dict(kinds=["softmax", "relu"], overrides=dict(epochs=40, history_test=128), bootstrap=1000),
     ),
     "quick": dict(
         seeds=3, starts=100,
@@ -76,6 +100,8 @@ GRIDS = {
         basins=dict(classical=[100, 200], dense3=[100, 200], exponential=[50, 100], patterns=4, trials=12),
         barriers=dict(betas=[1.0, 4.0]),
         large=dict(D=500, K=3000, points=4),
+        # experiments.energy_transformer's --quick model, 2 epochs on 256 images
+        et=dict(kinds=["softmax"], overrides=dict(ET.QUICK, epochs=2, max_train=256, max_test=128), bootstrap=200),
     ),
     "smoke": dict(
         seeds=2, starts=24,
@@ -89,6 +115,7 @@ GRIDS = {
         basins=dict(classical=[32], dense3=[], exponential=[], patterns=2, trials=4),
         barriers=dict(betas=[3.0]),
         large=None,  # (the compile alone takes ~30 s)
+        et=dict(kinds=["softmax"], overrides=dict(ET.SMOKE), bootstrap=50),  # its --smoke model: 1 epoch, 32 images
     ),
 }
 
@@ -271,6 +298,114 @@ def spread_point(beta: float, seed: int, grid: dict) -> dict:
                 random=float(np.mean(np.asarray(L.attention_spread(mem, rand)))))
 
 
+# ------------------------------------------------------------------------- ET attention spread
+def et_config(kind: str, seed: int, grid: dict) -> ET.Config:
+    """``experiments.energy_transformer``'s digits configuration (16 tokens of 2×2 patches,
+    global attention) with a ``kind`` Hopfield energy and the grid's overrides."""
+    return ET.Config(**{**ET.DATASET_DEFAULTS["digits"], **grid["overrides"], "dataset": "digits",
+                        "hopfield": kind, "seed": seed})
+
+
+def et_key(kind: str, seed: int, grid: dict) -> str:
+    """The grid key of an ET spread point: it names the ET's configuration (a short hash), so a
+    changed configuration is a new point, never a stale one."""
+    cfg = dataclasses.asdict(et_config(kind, seed, grid))
+    return f"et_spread/{kind}/{hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _distribution(v: np.ndarray, rng, bootstrap: int, top: int | None = None) -> dict:
+    """Median, 5–95 % quantiles, mean, fraction equal to 1 and bootstrap 95 % intervals (images
+    resampled) of spreads ``v`` of shape (images, queries); the histogram of values 0..``top``."""
+    flat = v.reshape(-1)
+    idx = rng.integers(0, v.shape[0], size=(bootstrap, v.shape[0]))
+    boot = v[idx].reshape(bootstrap, -1)
+    out = dict(median=float(np.median(flat)), q05=float(np.quantile(flat, 0.05)), q95=float(np.quantile(flat, 0.95)),
+               mean=float(flat.mean()), single=float(np.mean(flat == 1)),
+               median_ci=np.quantile(np.median(boot, axis=1), [0.025, 0.975]).tolist(),
+               mean_ci=np.quantile(boot.mean(axis=1), [0.025, 0.975]).tolist())
+    if top is not None:
+        out["hist"] = np.bincount(flat, minlength=top + 1)[: top + 1].tolist()
+    return out
+
+
+@eqx.filter_jit
+def _start_and_final(model: ET.MaskedET, patches, masks):
+    """The activations g of the start state (embedded, masked tokens) and of the state the
+    ET's inference reaches (``model.solve``)."""
+    x0 = ET._masked_tokens(model.encoder, model.mask_token, model.positions, patches, masks)
+    return model.et.activations(x0), model.et.activations(model.solve(patches, masks).states["tokens"])
+
+
+def et_spreads(model: ET.MaskedET, patches: np.ndarray, masks, batch: int = 512) -> dict:
+    """Attention spreads ``(images, heads, tokens)`` and softmax-Hopfield spreads ``(images, tokens)``
+    (None for a relu Hopfield) per mass in ``ET_MASSES``, at the start state (the embedded, masked
+    tokens) and at the state the ET's inference reaches (``model.solve``)."""
+    syn = model.et.network.synapses
+    softmax = syn["hopfield"].kind == "softmax"
+    out = {(part, state, m): [] for part in ("attention", "hopfield") for state in ("start", "final") for m in ET_MASSES}
+    for i in range(0, len(patches), batch):
+        p, mk = jnp.asarray(patches[i : i + batch]), masks[i : i + batch]
+        for state, g in zip(("start", "final"), _start_and_final(model, p, mk)):
+            for m in ET_MASSES:
+                out["attention", state, m].append(np.asarray(L.attention_spread(syn["attention"].scores(g), mass=m)))
+                if softmax:
+                    out["hopfield", state, m].append(np.asarray(L.attention_spread(syn["hopfield"].scores(g), mass=m)))
+    return {k: (np.concatenate(v) if v else None) for k, v in out.items()}
+
+
+def et_spread_point(kind: str, seed: int, grid: dict, folder: str, progress: bool) -> dict:
+    """Train (or resume) a digits ET with a ``kind`` Hopfield energy, then measure the spreads of
+    ``et_spreads`` on the held-out images (half the patches masked, the training script's fixed
+    held-out masks) for the trained ET, the same ET at its initialisation, and uniform logits."""
+    cfg = et_config(kind, seed, grid)
+    cfg.validate()
+    config = dataclasses.asdict(cfg)
+    split = ET.load_split(cfg)
+    ckpt = Path(folder) / "checkpoints" / f"{NAME}_{et_key(kind, seed, grid).replace('/', '_')}.eqx"
+    t0 = time.perf_counter()
+    trained = ET.train_models(cfg, split, ckpt, config, resume=True, progress=progress,
+                              history_test=cfg.history_test, desc=f"ET ({kind} Hopfield)")
+    t_train = time.perf_counter() - t0
+    masks = trained.eval_masks
+    tokens, patch_dim = split.train.shape[1:]
+    untrained = ET.MaskedET(cfg, tokens, patch_dim, key=jax.random.split(jax.random.PRNGKey(cfg.seed), 4)[0])
+    rng = np.random.default_rng([seed, 23])
+    t0 = time.perf_counter()
+    allowed = tokens - 1  # global attention: every token but the query itself
+    models = {}
+    for name, model in (("trained", trained.et), ("untrained", untrained)):
+        sp = et_spreads(model, split.test, masks)
+        m_query = np.asarray(masks, bool)
+        rec = {"attention": {}, "hopfield": {} if kind == "softmax" else None}
+        for (part, state, mass), v in sp.items():
+            if v is None:
+                continue
+            key = f"{state}/{mass}"
+            if part == "attention":  # one distribution per head; masked and visible queries apart
+                rec[part][key] = [dict(_distribution(v[:, h], rng, grid["bootstrap"], allowed if mass == 0.9 else None),
+                                       mean_masked_queries=float(v[:, h][m_query].mean()),
+                                       mean_visible_queries=float(v[:, h][~m_query].mean()))
+                                  for h in range(v.shape[1])]
+            else:
+                rec[part][key] = dict(_distribution(v, rng, grid["bootstrap"], cfg.memories if mass == 0.9 else None),
+                                      mean_masked_queries=float(v[m_query].mean()),
+                                      mean_visible_queries=float(v[~m_query].mean()))
+        models[name] = dict(rec, mse=ET.evaluate_mse(model, split.test, masks))
+    uniform = {str(m): dict(attention=int(L.attention_spread(
+        jnp.where(jnp.eye(tokens, dtype=bool), -jnp.inf, jnp.zeros((tokens, tokens))), mass=m)[0]),
+        hopfield=int(L.attention_spread(jnp.zeros((cfg.memories,)), mass=m))) for m in ET_MASSES}
+    return dict(kind=kind, config=config, epochs=trained.epoch, train_images=len(split.train),
+                test_images=len(split.test), tokens=tokens, masked_tokens=int(np.asarray(masks[0]).sum()),
+                allowed_keys=allowed, memories=cfg.memories, heads=cfg.heads,
+                mse_et=models["trained"]["mse"], mse_untrained=models["untrained"]["mse"],
+                mse_mean_fill=ET.mean_fill_mse(split.train, split.test, masks),
+                mse_baseline=ET.evaluate_mse(trained.base, split.test, masks),
+                history_et_test=trained.history["et_test"], history_test_images=cfg.history_test,
+                et_train_s=trained.timing["et_train_s"], baseline_train_s=trained.timing["baseline_train_s"],
+                train_wall_s=t_train, measure_s=time.perf_counter() - t0, models=models, uniform=uniform,
+                checkpoint=ckpt.name)
+
+
 # ------------------------------------------------------------------------- basins
 BASIN_LOADS = dict(classical=0.05, dense3=0.5, exponential=0.05)
 BASIN_RADII = [0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5]  # Hamming distance / N
@@ -442,8 +577,11 @@ def summarise(grid, results, seed_values) -> dict:
             index_one=sum(r["saddle_index"] == 1 for r in real), paths=len(real),
             converged=sum(r["converged"] for r in real), seconds=float(np.mean([r["seconds"] for r in recs]))))
     large = got("large") if grid["large"] else []
+    # one ET per Hopfield kind (the first seed: training is the cost); intervals are over held-out images
+    et_rows = [results[f"{et_key(kind, seed_values[0], grid['et'])}/0"] for kind in grid["et"]["kinds"]
+               if f"{et_key(kind, seed_values[0], grid['et'])}/0" in results]
     return dict(spurious=spurious, pattern_loss=loss, ags=ags, continuous=cont, transitions=trans, spread=spread,
-                basins=basin_rows, barriers=barrier_rows,
+                et_spread=et_rows, basins=basin_rows, barriers=barrier_rows,
                 large=None if not large else dict(
                     state_size=large[0]["state_size"], points=large[0]["points"], minima=[r["minima"] for r in large],
                     census_s=[r["census_s"] for r in large], classify_s=[r["classify_s"] for r in large]))
@@ -482,6 +620,51 @@ def figure(summary, path):
     ax[2].set(xscale="log", yscale="log" if s else "linear", xlabel="β", ylabel="patterns holding 90 % of the softmax",
               title="Attention spread")
     ax[2].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def figure_et(summary, path):
+    """Distributions of the ET's attention spread per head (start and final state) and of its
+    softmax Hopfield spread, trained beside untrained, with the uniform (global average) value;
+    one row per trained ET."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["et_spread"]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.8 * len(rows)), squeeze=False)
+    fig.subplots_adjust(hspace=0.5)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, r in zip(axes, rows):
+        k = np.arange(r["allowed_keys"] + 1)
+        tag = f"{r['kind']}-Hopfield ET, {r['epochs']} epochs, MSE {r['mse_et']:.4f} (mean fill {r['mse_mean_fill']:.4f})"
+        for a, state in zip(ax[:2], ("start", "final")):
+            for name, ls in (("trained", "-"), ("untrained", ":")):
+                for h, d in enumerate(r["models"][name]["attention"][f"{state}/0.9"]):
+                    hist = np.asarray(d["hist"], float)
+                    a.plot(k[1:], hist[1:] / hist.sum(), ls, color=colours[h % len(colours)], marker=".",
+                           label=f"{name} head {h}")
+            a.axvline(r["uniform"]["0.9"]["attention"], color="k", ls="--", label="uniform logits (global average)")
+            a.set(xlabel=f"keys holding 90 % of a query's attention (of {r['allowed_keys']})",
+                  ylabel="fraction of queries", title=f"attention spread, {state} state\n{tag}")
+            a.title.set_fontsize(8)
+            a.legend(fontsize=6, ncol=2)
+        if r["models"]["trained"]["hopfield"]:
+            m = np.arange(r["memories"] + 1)
+            for name, ls in (("trained", "-"), ("untrained", ":")):
+                for state, c in (("start", colours[0]), ("final", colours[1])):
+                    hist = np.asarray(r["models"][name]["hopfield"][f"{state}/0.9"]["hist"], float)
+                    ax[2].plot(m, np.cumsum(hist) / hist.sum(), ls, color=c, label=f"{name}, {state} state")
+            ax[2].axvline(r["uniform"]["0.9"]["hopfield"], color="k", ls="--", label="uniform logits")
+            ax[2].set(xscale="log", xlabel=f"memories holding 90 % of a token's Hopfield softmax (of {r['memories']})",
+                      ylabel="cumulative fraction of tokens", title=f"softmax Hopfield spread\n{tag}")
+            ax[2].title.set_fontsize(8)
+            ax[2].legend(fontsize=7)
+        else:
+            ax[2].axis("off")
+            ax[2].text(0.5, 0.5, "relu Hopfield energy: no softmax over the memories", ha="center", va="center")
+    fig.suptitle("Energy Transformer on held-out digits, half the patches masked", fontsize=10)
     save_figure(fig, path)
 
 
@@ -525,8 +708,11 @@ def main(argv=None):
             tasks[f"barriers/{b}/{i}"] = (barrier_point, (b, s, grid["continuous"]))
     for i, s in enumerate(seeds if grid["large"] else []):
         tasks[f"large/{i}"] = (large_point, (s, grid["large"]))
+    for kind in grid["et"]["kinds"]:  # one trained ET per kind (its training is the cost)
+        tasks[f"{et_key(kind, seeds[0], grid['et'])}/0"] = (
+            et_spread_point, (kind, seeds[0], grid["et"], str(out.folder()), not args.no_progress))
     # the costliest parts last, so that a run stopped by --max-minutes has every other part
-    last = ("spurious/exponential/", "spurious/dense4/", "large/")
+    last = ("spurious/exponential/", "spurious/dense4/", "et_spread/", "large/")
     order = sorted(tasks, key=lambda key: next((i + 1 for i, p in enumerate(last) if key.startswith(p)), 0))
     t0 = time.perf_counter()
     from tqdm import tqdm
@@ -554,6 +740,11 @@ def main(argv=None):
             continuous="Ramsauer et al. 2020: global averaging at small beta, metastable subset averages, "
                        "one fixed point per pattern at large beta (Theorem 3 sufficient condition)",
             spread="Ramsauer et al. 2020: the number of patterns holding 90 % of the softmax mass",
+            et_spread="Ramsauer et al. 2020 (abstract, their BERT/transformer analysis with k = the patterns holding "
+                      "90 % of the softmax): transformer and BERT models operate in their first layers preferably "
+                      "in the global averaging regime, in higher layers in metastable states; learning starts with "
+                      "heads that average, most of which then switch to metastable states (the ET here is one "
+                      "block, i.e. a first layer, iterated)",
             basins="Demircigil et al. 2017; Krotov 2023: basins of size O(N) (r*/N roughly constant in N at the "
                    "claim's load scaling; an O(1/ln N) drift is expected)",
             barriers="a saddle of index 1 on the minimum-energy path between neighbouring memories",
@@ -561,6 +752,8 @@ def main(argv=None):
     )
     write_json(out.path("json"), summary)
     figure(summary, out.path("png"))
+    if summary["et_spread"]:
+        figure_et(summary, out.folder() / f"{NAME}{cap.suffix_of(mode)}_et_spread.png")
     return summary
 
 

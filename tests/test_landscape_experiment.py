@@ -39,6 +39,48 @@ def test_landscape_smoke_run_writes_every_part(tmp_path):
     # barriers: two separated patterns at large beta are two minima with an index-1 saddle between
     for row in r["barriers"]:
         assert row["paths"] == r["seeds"] and row["barrier"][0] > 0 and row["index_one"] == row["paths"]
+    # ET attention spread: the measure's range, the uniform (global-average) values, a trained model saved
+    _check_et_spread(r)
+    assert (tmp_path / "landscape_smoke_et_spread.png").exists()
+    ckpt = tmp_path / "checkpoints" / r["et_spread"][0]["checkpoint"]
+    assert ckpt.exists()
+    # a rerun resumes: with the spread point dropped from the study's checkpoint, the ET is loaded from its
+    # own checkpoint (no retraining: the training time recorded there comes back unchanged), same numbers
+    study = tmp_path / "landscape_smoke.checkpoint.json"
+    data = json.loads(study.read_text())
+    data["done"] = {k: v for k, v in data["done"].items() if not k.startswith("et_spread/")}
+    study.write_text(json.dumps(data))
+    landscape.main(["--smoke", "--results-dir", str(tmp_path), "--no-progress"])
+    again = json.loads((tmp_path / "landscape_smoke.json").read_text())["et_spread"][0]
+    first = r["et_spread"][0]
+    assert again["et_train_s"] == first["et_train_s"] and again["mse_et"] == pytest.approx(first["mse_et"], rel=1e-6)
+    assert again["models"]["trained"]["attention"] == first["models"]["trained"]["attention"]
+
+
+def _check_et_spread(r):
+    (e,) = r["et_spread"]
+    cfg = r["grid"]["et"]["overrides"]
+    assert e["kind"] == "softmax" and e["epochs"] == cfg["epochs"] and len(e["history_et_test"]) == cfg["epochs"]
+    assert e["tokens"] == 16 and e["allowed_keys"] == 15 and e["memories"] == cfg["memories"]
+    # uniform logits: ceil(mass x allowed)
+    assert e["uniform"]["0.9"]["attention"] == math.ceil(0.9 * 15) == 14
+    assert e["uniform"]["0.5"]["attention"] == 8
+    assert e["uniform"]["0.9"]["hopfield"] == math.ceil(0.9 * e["memories"] - 1e-9)
+    for name in ("trained", "untrained"):
+        m = e["models"][name]
+        assert math.isfinite(m["mse"]) and m["mse"] > 0
+        for state in ("start", "final"):
+            heads9, heads5 = m["attention"][f"{state}/0.9"], m["attention"][f"{state}/0.5"]
+            assert len(heads9) == e["heads"]
+            for d9, d5 in zip(heads9, heads5):
+                # every query spreads over 1..15 keys; half the mass never needs more keys than 90 % of it
+                assert 1 <= d9["q05"] <= d9["median"] <= d9["q95"] <= 15
+                assert d5["mean"] <= d9["mean"] and d5["median"] <= d9["median"]
+                assert d9["mean_ci"][0] <= d9["mean"] <= d9["mean_ci"][1]
+                assert sum(d9["hist"]) == e["test_images"] * e["tokens"] and d9["hist"][0] == 0
+                assert d9["single"] == pytest.approx(d9["hist"][1] / sum(d9["hist"]))
+            h9, h5 = m["hopfield"][f"{state}/0.9"], m["hopfield"][f"{state}/0.5"]
+            assert 1 <= h9["q05"] <= h9["median"] <= h9["q95"] <= e["memories"] and h5["mean"] <= h9["mean"]
 
 
 def test_ramsauer_beta_is_the_root_of_the_separation_condition():
