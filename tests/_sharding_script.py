@@ -179,7 +179,7 @@ def main():
     # ---- the softmax in blocks of 100 rows (overlapping last block) on 512 rows per device
     from ham.memories import _sharded
 
-    _sharded._BLOCK_ELEMENTS, saved = 100 * (32 + 64 + 32), _sharded._BLOCK_ELEMENTS
+    _sharded._BLOCK_ROWS, saved = 100, _sharded._BLOCK_ROWS
     _sharded._program.cache_clear()
     active = jnp.arange(big) % 7 != 3
     out["blocked"] = {
@@ -190,7 +190,7 @@ def main():
                         M.modern(pb.astype(jnp.bfloat16).astype(jnp.float32), beta=3.0).retrieve(
                             qb.astype(jnp.bfloat16).astype(jnp.float32))),
     }
-    _sharded._BLOCK_ELEMENTS = saved
+    _sharded._BLOCK_ROWS = saved
     _sharded._program.cache_clear()
 
     # ---- bfloat16 patterns, float32 accumulation

@@ -261,18 +261,37 @@ def _global_top_k(cfg, s, axis):
     return best, jnp.take_along_axis(all_idx, pos, axis=-1), idx, gidx
 
 
-#: Rows of a block of the local patterns that the blocked softmax scores at a time (about
-#: this many numbers: the block, its scores and their exponentials stay in cache).
-_BLOCK_ELEMENTS = 1 << 18
+#: Elements of the blocked softmax's ``(batch, rows)`` score block: large enough that
+#: XLA:CPU splits the block's exp/max/sum fusions over the cores (its parallel-task assigner
+#: leaves a loop fusion of less than about 256 KB a thread on one core: with 2¹⁶ elements
+#: a block, the exp phase of one device ran on one core while its matrix products used
+#: all), small enough that the block and its exponentials stay in cache.
+_SCORE_BLOCK = 1 << 18
+#: At most this many bytes of stored patterns (and projection) in one block.
+_PATTERN_BLOCK_BYTES = 1 << 22
+#: Tests only: force the number of rows of a block (``None``: chosen by ``_block_rows``).
+_BLOCK_ROWS: int | None = None
+
+
+def _block_rows(k_local: int, batch: int, row_bytes: int) -> int:
+    """Rows of patterns the blocked softmax scores at a time: about ``_SCORE_BLOCK / batch``
+    (8192 for a batch of 32), at most ``_PATTERN_BLOCK_BYTES`` of patterns, at least 256
+    rows (a small block's loop overhead dominates) and at most the local patterns; then
+    evened out over the blocks needed (the last block overlaps the one before)."""
+    if _BLOCK_ROWS is not None:
+        return int(min(k_local, _BLOCK_ROWS))
+    rows = min(k_local, max(256, min(_SCORE_BLOCK // max(batch, 1), _PATTERN_BLOCK_BYTES // max(row_bytes, 1))))
+    blocks = -(-k_local // rows)
+    return int(-(-k_local // blocks))  # the same number of blocks, evened out: the last one overlaps little
 
 
 def _slice_rows(x, start, rows):
-    """``x[start:start + rows]``. Half-precision rows are sliced as their 16-bit patterns
-    (``bitcast_convert_type``): XLA's CPU backend otherwise upcasts the whole array to
-    float32 once, outside the loop, to slice it (a float32 copy of every pattern)."""
-    if jnp.dtype(x.dtype).itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
-        bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
-        return jax.lax.bitcast_convert_type(jax.lax.dynamic_slice_in_dim(bits, start, rows, 0), x.dtype)
+    """``x[start:start + rows]``, sliced where the loop runs. The array and the offset pass
+    through an optimisation barrier together, so XLA cannot hoist a conversion of the whole
+    array out of the loop: its CPU backend otherwise rewrites ``convert(slice(x))`` of
+    half-precision rows as ``slice(convert(x))`` and computes ``convert(x)`` once, before
+    the loop (a float32 copy of every pattern: 3× the bfloat16 bytes at the peak)."""
+    x, start = jax.lax.optimization_barrier((x, start))
     return jax.lax.dynamic_slice_in_dim(x, start, rows, 0)
 
 
@@ -282,7 +301,8 @@ def _blocked_softmax(cfg, patterns, projection, active, queries, beta):
     score matrix nor a float32 copy of half-precision patterns is formed."""
     k_local, d = patterns.shape
     proj = patterns if projection is None else projection
-    c = int(min(k_local, max(64, _BLOCK_ELEMENTS // max(d + queries.shape[0] + proj.shape[1], 1))))
+    itemsize = jnp.dtype(patterns.dtype).itemsize
+    c = _block_rows(k_local, queries.shape[0], (d + (0 if projection is None else proj.shape[1])) * itemsize)
     blocks = -(-k_local // c)
     b = queries.shape[0]
     acc = _acc(proj.dtype)
