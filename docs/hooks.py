@@ -687,19 +687,20 @@ def landscape_et_spread() -> str:
             return ", ".join(f"{x:g}" for x in v)
 
         glob = uni["0.9"]["attention"]
-        start_t, start_u = medians(tr, "start"), medians(un, "start")
         fin_t, fin_u = medians(tr, "final"), medians(un, "final")
         mean_t = _mean([d["mean"] for d in tr["attention"]["final/0.9"]])
         mean_u = _mean([d["mean"] for d in un["attention"]["final/0.9"]])
+        start_t = _mean([d["mean"] for d in tr["attention"]["start/0.9"]])
+        start_u = _mean([d["mean"] for d in un["attention"]["start/0.9"]])
         single_t = _mean([d["single"] for d in tr["attention"]["final/0.9"]])
         single_u = _mean([d["single"] for d in un["attention"]["final/0.9"]])
         found = [
-            f"Found (keys for 90 %, medians per head): at the start state trained {listed(start_t)} and untrained "
-            f"{listed(start_u)} of {e['allowed_keys']} keys, against {glob} for the global average; at the final "
+            f"Found (keys for 90 %, medians per head): at the start state trained {listed(medians(tr, 'start'))} and "
+            f"untrained {listed(medians(un, 'start'))} of {e['allowed_keys']} keys, against {glob} for the global average; at the final "
             f"state trained {listed(fin_t)}, untrained {listed(fin_u)}. Mean over heads at the final state: "
             f"trained {mean_t:.2f} keys ({100 * single_t:.0f} % of queries on a single key), untrained {mean_u:.2f} "
-            f"({100 * single_u:.0f} %): training made the attention of the state the ET reaches "
-            + ("broader" if mean_t > mean_u else "sharper") + " than at initialisation."]
+            f"({100 * single_u:.0f} %): training changed the mean spread of the state the ET reaches by "
+            f"{100 * (mean_t / mean_u - 1):+.0f} % and that at the start state by {100 * (start_t / start_u - 1):+.0f} %."]
         if tr["hopfield"]:
             ht, hu = tr["hopfield"]["final/0.9"], un["hopfield"]["final/0.9"]
             found.append(
