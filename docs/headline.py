@@ -189,6 +189,22 @@ def _landscape_rows():
                  f"(N = {min(x['N'] for x in v)}–{max(x['N'] for x in v)})" for m, v in by.items()]
         rows.append(("Basins of attraction (`ham.landscape.basins`)", "basin radius O(N) (Demircigil et al. 2017; Krotov 2023)",
                      "r₅₀/N " + ", ".join(parts), "docs/landscape.md", "landscape.json"))
+    ets = {e["kind"]: e for e in r.get("et_spread", [])}
+    if "relu" in ets:
+        e = ets["relu"]
+        med = lambda m, key: "/".join(f"{h['median']:.0f}" for h in e["models"][m]["attention"][key])  # noqa: E731
+        text = (f"digits ET (held-out MSE {e['mse_et']:.3f}, mean fill {e['mse_mean_fill']:.3f}): keys of "
+                f"{e['allowed_keys']} holding 90 % per head, median {med('trained', 'start/0.9')} at the start state "
+                f"(global average {e['uniform']['0.9']['attention']}), {med('trained', 'final/0.9')} at the "
+                f"state its inference reaches (untrained {med('untrained', 'final/0.9')})")
+        soft = ets.get("softmax")
+        if soft and soft["models"]["trained"].get("hopfield"):
+            hop = lambda m: soft["models"][m]["hopfield"]["final/0.9"]["median"]  # noqa: E731
+            text += (f"; softmax-Hopfield ET: {hop('trained'):.0f} of {soft['memories']} memories hold 90 % "
+                     f"(untrained {hop('untrained'):.0f})")
+        rows.append(("Attention spread of a trained Energy Transformer (`ham.landscape.attention_spread`)",
+                     "first layers average globally, higher layers sit in metastable states (Ramsauer et al. 2020)",
+                     text, "docs/landscape.md", "landscape.json"))
     return rows
 
 
