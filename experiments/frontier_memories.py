@@ -17,11 +17,17 @@ elsewhere). Sections (each resumable: finished sections are kept in a git-ignore
   random-feature memory vs the exact memory, vs Y, K and β, both kinds: ``agree`` = the
   fraction of queries whose two fixed points are within 0.1 × √(2/β) of each other,
   ``same_nearest`` = same nearest stored pattern, ``clipped_at_start``.
-- ``rf_scale``: bytes and queries per second vs K (patterns written in chunks, online) of a
-  trigonometric memory with Y features beside the exact ``modern`` memory retrieved with
-  ``ham.memories.sharded_retrieve`` (mesh over the local devices) in the same process, and
-  agreement with it. Patterns on the sphere of radius √D (then the L2 log-sum-exp and
-  ``modern`` have the same fixed points).
+- ``rf_scale``: bytes, queries per second and agreement vs K up to 10⁷ (default) of a
+  trigonometric memory with Y features, written online in chunks (the library's blocked
+  ``write``), beside the exact ``modern`` memory sharded over all local devices (the default
+  run sets ``--xla_force_host_platform_device_count=8`` before JAX starts: 8 virtual CPU
+  devices, as ``bench_scale`` does) and retrieved with ``ham.memories.sharded_retrieve`` /
+  ``sharded_energy`` in the same process. Patterns on the sphere of radius √D (then the L2
+  log-sum-exp and ``modern`` have the same fixed points), made on the devices in row blocks
+  from a key (the first K rows are the same at every K); queries ξ + N(0, 1/(βD)). Timed in
+  interleaved rounds (medians): one update x − ∇E(x) (exact: one modern update) and the
+  energy; agreement of the random-feature fixed point (``relax``) with the exact one (its
+  update iterated). Checkpointed after every K (rows and the written tensor).
 - ``epa_retrieval``: Epanechnikov, random Gaussian patterns: the fraction of stored patterns
   that are exact fixed points (relaxation from ξ_μ does not move) vs K and β, beside the
   prediction "min_ν ||ξ_μ − ξ_ν||² ≥ 2/β", and the fraction retrieved from a start 0.3
@@ -56,7 +62,8 @@ SETTINGS = {
     "smoke": dict(
         rf_error=dict(dim=8, k=16, betas=[0.3], ys=[64, 256, 1024], seeds=4, queries=8),
         rf_agreement=dict(dim=8, ks=[16], betas=[0.3], ys=[256], queries=8),
-        rf_scale=dict(dim=16, y=256, ks=[1000, 4000], beta=0.5, queries=32, chunk=2000, max_steps=200),
+        rf_scale=dict(dim=16, y=256, ks=[1000, 4000], beta=1.0, queries=16, chunk=2000, gen_block=100,
+                      max_steps=200, exact_steps=10, repeats=2, devices=None),
         epa_retrieval=dict(dim=4, ks=[16], beta_units=[1.0]),
         epa_census=dict(random_dim=4, random_ks=[16], digits_ks=[32], beta_units=[1.0], starts=64),
     ),
@@ -64,8 +71,8 @@ SETTINGS = {
         rf_error=dict(dim=16, k=16, betas=[0.03, 0.3, 1.0], ys=[64, 256, 1024, 2048, 4096, 8192, 16384], seeds=8,
                       queries=32),
         rf_agreement=dict(dim=16, ks=[16, 256], betas=[0.1, 1.0], ys=[256, 4096], queries=64),
-        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000], beta=0.25, queries=64, chunk=50_000,
-                      max_steps=1000),
+        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000], beta=1.0, queries=32, chunk=1_000_000,
+                      gen_block=100, max_steps=300, exact_steps=20, repeats=3, devices=8),
         epa_retrieval=dict(dim=8, ks=[16, 128], beta_units=[0.5, 1.0, 2.0]),
         epa_census=dict(random_dim=8, random_ks=[32, 128], digits_ks=[128], beta_units=[0.5, 1.0, 2.0], starts=512),
     ),
@@ -74,11 +81,11 @@ SETTINGS = {
                       ys=[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536], seeds=16, queries=32),
         rf_agreement=dict(dim=16, ks=[16, 64, 256, 1024], betas=[0.1, 0.3, 1.0], ys=[256, 1024, 4096, 16384],
                           queries=128),
-        rf_scale=dict(dim=64, y=4096, ks=[1000, 10_000, 100_000, 1_000_000], beta=0.25, queries=64, chunk=50_000,
-                      max_steps=1000),
+        rf_scale=dict(dim=64, y=4096, ks=[200, 1000, 4000, 10_000, 100_000, 1_000_000, 10_000_000], beta=1.0,
+                      queries=32, chunk=1_000_000, gen_block=100, max_steps=300, exact_steps=20, repeats=5, devices=8),
         epa_retrieval=dict(dim=8, ks=[16, 64, 256, 1024], beta_units=[0.25, 0.5, 1.0, 2.0, 4.0]),
         epa_census=dict(random_dim=8, random_ks=[32, 128, 512], digits_ks=[128, 512], beta_units=[0.5, 1.0, 2.0, 4.0],
-                        starts=2048),
+                        starts=1024),
     ),
 }
 SECTIONS = ("rf_error", "rf_agreement", "rf_scale", "epa_retrieval", "epa_census")
@@ -185,79 +192,170 @@ def rf_agreement(cfg, progress):
     return dict(config=cfg, rows=rows)
 
 
-def rf_scale(cfg, progress):
+def _sphere_patterns(key, num, dim, block, sharding=None):
+    """``num`` patterns uniform on the sphere of radius sqrt(dim), row block i (``block`` rows)
+    drawn from ``fold_in(key, i)``: the first K rows are the same for every ``num`` >= K.
+    With ``sharding``, each device makes only its own rows (no host copy, no full-size
+    temporary on one device)."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import Mesh
+
+    @functools.partial(jax.jit, static_argnums=(1, 2, 3))
+    def rows(first, blocks, skip, count):
+        def one(i):
+            x = jax.random.normal(jax.random.fold_in(key, i), (block, dim), jnp.float32)
+            return math.sqrt(dim) * x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+        return jax.vmap(one)(first + jnp.arange(blocks)).reshape(-1, dim)[skip:skip + count]
+
+    def part(start, stop, device=None):
+        b0, b1 = start // block, -(-stop // block)
+        first = jnp.asarray(b0, jnp.int32) if device is None else jax.device_put(jnp.asarray(b0, jnp.int32), device)
+        return rows(first, b1 - b0, start - b0 * block, stop - start)
+
+    if sharding is None:
+        return part(0, num)
+    parts = []
+    for device, index in sharding.addressable_devices_indices_map((num, dim)).items():
+        sl = index[0]
+        parts.append(jax.block_until_ready(part(sl.start or 0, num if sl.stop is None else sl.stop, device)))
+    return jax.make_array_from_single_device_arrays((num, dim), sharding, parts)
+
+
+def rf_scale(cfg, progress, checkpoint=None):
+    """Bytes, queries/s and agreement vs K: a trigonometric random-feature memory, written
+    online in chunks, beside the exact ``modern`` memory sharded over the mesh of all local
+    devices (``sharded_retrieve``/``sharded_energy``), in the same process. Checkpointed per K
+    (rows, the written tensor): a rerun resumes at the next K."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import ham.memories as M
 
+    from ._io import Checkpoint
+
     d, y, beta, b = cfg["dim"], cfg["y"], cfg["beta"], cfg["queries"]
-    mesh = Mesh(np.array(jax.devices()), ("patterns",))
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def sphere(key, n):
-        x = jax.random.normal(key, (n, d), jnp.float32)
-        return math.sqrt(d) * x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-    def timed(fn, min_time=1.0, repeats=3):
-        jax.block_until_ready(fn())  # compile / warm up
-        times = []
-        while len(times) < repeats or (sum(times) < min_time and len(times) < 20):
-            t = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
-
-    rows = []
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("patterns",))
+    rows_sharding = NamedSharding(mesh, P("patterns", None))
     key = jax.random.key(0)
-    mem = None
-    written = 0
-    chunks = []  # the patterns, kept for the exact memory (generated once, chunk by chunk)
-    for k in _progress(cfg["ks"], "rf_scale", progress):
-        t_write = 0.0
-        while written < k:
-            n = min(cfg["chunk"], k - written)
-            block = sphere(jax.random.fold_in(key, written), n)
-            chunks.append(block)
+    ck = Checkpoint(checkpoint, cfg) if checkpoint is not None else None
+    state = ck["state"] if ck is not None and "state" in ck else None
+    rows = list(state["rows"]) if state else []
+    mem, written = None, 0
+    if state:  # resume: the tensor written so far (omega is redrawn from its key)
+        first = _sphere_patterns(key, cfg["gen_block"], d, cfg["gen_block"])
+        mem = M.random_features(first[:1], beta, y, key=jax.random.key(1))
+        mem = eqx.tree_at(lambda m: (m.tensor, m.count), mem,
+                          (jnp.asarray(state["tensor"], mem.dtype), jnp.asarray(state["written"], jnp.int32)))
+        written = state["written"]
+
+    rf_update = eqx.filter_jit(lambda m, q: q - m.gradient(q))
+    rf_energy = eqx.filter_jit(lambda m, q: m.energy(q))
+
+    @jax.jit
+    def nearest(patterns, x):  # on the mesh: argmin over the sharded pattern axis
+        sq = jnp.sum(jnp.square(patterns), axis=-1)
+        return jnp.argmin(sq[None] - 2.0 * x @ patterns.T, axis=1)
+
+    def clock(fn):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        return time.perf_counter() - t
+
+    todo = [k for k in cfg["ks"] if k > (rows[-1]["k"] if rows else 0)]
+    for k in _progress(todo, "rf_scale K", progress):
+        if k % cfg["gen_block"] or k % len(devices):
+            raise ValueError(f"rf_scale: K={k} must be a multiple of gen_block={cfg['gen_block']} and of the "
+                             f"{len(devices)} devices")
+        patterns = jax.block_until_ready(_sphere_patterns(key, k, d, cfg["gen_block"], rows_sharding))
+        # write the new rows into the random-feature memory, chunk by chunk (online storage), each chunk
+        # taken from the device shard that holds it (slicing the sharded array would gather it on every device)
+        shards = sorted(((sh.index[0].start or 0, sh.data) for sh in patterns.addressable_shards),
+                        key=lambda t: t[0])
+        chunks = [(s0, data, a, min(a + cfg["chunk"], s0 + data.shape[0], k)) for s0, data in shards
+                  for a in range(max(s0, written), min(s0 + data.shape[0], k), cfg["chunk"])]
+        t_write, new = 0.0, k - written
+        for s0, data, a, z in _progress(chunks, f"write K={k:,}", progress and len(chunks) > 1):
+            block = jax.block_until_ready(jax.device_put(data[a - s0:z - s0], devices[0]))
             t = time.perf_counter()
-            if mem is None:
-                mem = M.random_features(block, beta, y, key=jax.random.key(1))
-            else:
-                mem = mem.write(block)
+            mem = (M.random_features(block, beta, y, key=jax.random.key(1)) if mem is None else mem.write(block))
             jax.block_until_ready(mem.tensor)
             t_write += time.perf_counter() - t
-            written += n
-        patterns = jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        chunks = [patterns]
-        noise = jax.random.normal(jax.random.key(2), (b, d), jnp.float32)
-        queries = patterns[:b] + 0.5 * noise
+            del block
+        written = k
         exact = M.shard_memory(M.modern(patterns, beta), mesh, pad=True)
-        # the exact fixed point: modern's update iterated (same fixed points as the L2 energy on the sphere)
-        t_exact = timed(lambda: M.sharded_retrieve(exact, queries))
-        exact_fixed = M.sharded_retrieve(exact, queries, steps=20)
-        t_exact_energy = timed(lambda: M.sharded_energy(exact, queries))
-        t_rf_energy = timed(lambda: mem.energy(queries))
-        steps = cfg["max_steps"]
-        out = mem.relax(queries, max_steps=steps)  # compiles and warms up; then one timed relaxation
+        idx = jnp.arange(b) * (k // b)
+        noise = jax.random.normal(jax.random.key(2), (b, d), jnp.float32) / math.sqrt(beta * d)
+        cues = [jax.device_put(next(data[i - s0] for s0, data in reversed(shards) if s0 <= i), devices[0])
+                for i in np.asarray(idx).tolist()]  # row by row from its shard (no gather of the patterns)
+        queries = jnp.stack(cues) + noise  # beta/2 |noise|^2 ~ 1/2
+        del shards, chunks
+        # one update each (x - grad E: for patterns on a sphere modern's update is the L2 energy's), energy;
+        # interleaved timing blocks, medians
+        fns = dict(rf_update=lambda: rf_update(mem, queries), rf_energy=lambda: rf_energy(mem, queries),
+                   exact_update=lambda: M.sharded_retrieve(exact, queries),
+                   exact_energy=lambda: M.sharded_energy(exact, queries))
+        for fn in fns.values():
+            clock(fn)  # compile / warm up
+        times = {name: [] for name in fns}
+        for _ in range(cfg["repeats"]):
+            for name, fn in fns.items():
+                times[name].append(clock(fn))
+        med = {name: float(np.median(v)) for name, v in times.items()}
+        # fixed points: the exact model's update iterated; the random-feature flow relaxed (ham.relax)
+        exact_fixed = M.sharded_retrieve(exact, queries, steps=cfg["exact_steps"])
+        exact_moved = float(jnp.max(jnp.linalg.norm(M.sharded_retrieve(exact, exact_fixed) - exact_fixed, axis=-1)))
+        mem.relax(queries, max_steps=cfg["max_steps"])  # compile
         t = time.perf_counter()
-        jax.block_until_ready(mem.relax(queries, max_steps=steps).states["x"])
-        t_rf = time.perf_counter() - t
+        sol = mem.relax(queries, max_steps=cfg["max_steps"])
+        jax.block_until_ready(sol.states["x"])
+        t_relax = time.perf_counter() - t
+        out = sol.states["x"]
+        replicated = NamedSharding(mesh, P())
+        n_rf = np.asarray(nearest(patterns, jax.device_put(out, replicated)))
+        n_exact = np.asarray(nearest(patterns, jax.device_put(exact_fixed, replicated)))
         rows.append(dict(
-            k=k, dim=d, y=y, beta=beta, devices=len(jax.devices()),
-            rf_bytes=mem.nbytes, exact_bytes=int(exact.patterns.nbytes),
-            rf_retrieve_qps=b / t_rf, rf_energy_qps=b / t_rf_energy,
-            exact_retrieve_qps=b / t_exact, exact_energy_qps=b / t_exact_energy,
-            rf_write_patterns_per_s=(k - (rows[-1]["k"] if rows else 0)) / max(t_write, 1e-9),
-            agree=float(_close(out.states["x"], exact_fixed, beta).mean()),
-            same_nearest=float((_nearest(out.states["x"], np.asarray(patterns)) ==
-                                _nearest(exact_fixed, np.asarray(patterns))).mean()),
-            exact_retrieves_cue=float((_nearest(exact_fixed, np.asarray(patterns)) == np.arange(b)).mean()),
-            rf_steps_max=int(np.max(out.num_steps)), rf_converged=float(np.mean(out.converged)),
+            k=k, dim=d, y=y, beta=beta, devices=len(devices), queries=b,
+            rf_bytes=mem.nbytes, exact_bytes=int(patterns.nbytes),
+            exact_bytes_per_device=max(int(sh.data.nbytes) for sh in exact.patterns.addressable_shards),
+            rf_update_qps=b / med["rf_update"], exact_update_qps=b / med["exact_update"],
+            rf_energy_qps=b / med["rf_energy"], exact_energy_qps=b / med["exact_energy"],
+            update_speedup=med["exact_update"] / med["rf_update"], energy_speedup=med["exact_energy"] / med["rf_energy"],
+            seconds=med, repeats=cfg["repeats"], rf_relax_qps=b / t_relax,
+            rf_write_patterns_per_s=new / max(t_write, 1e-9), rf_write_seconds=t_write,
+            agree=float(np.mean(_close(out, exact_fixed, beta))),
+            fixed_point_distance_median=float(np.median(np.linalg.norm(np.asarray(out) - np.asarray(exact_fixed),
+                                                                       axis=-1))),
+            same_nearest=float(np.mean(n_rf == n_exact)),
+            rf_retrieves_cue=float(np.mean(n_rf == np.asarray(idx))),
+            exact_retrieves_cue=float(np.mean(n_exact == np.asarray(idx))),
+            exact_fixed_point_residual=exact_moved,
+            rf_steps_max=int(np.max(sol.num_steps)), rf_converged=float(np.mean(sol.converged)),
             clipped_at_start=float(np.mean(mem.clipped(queries))),
+            kernel_noise_sqrt_k_over_2y=math.sqrt(k / (2 * y)),
+            load=os.getloadavg()[0],
         ))
+        del exact, patterns, exact_fixed
+        if ck is not None:
+            ck.put("state", dict(rows=rows, tensor=np.asarray(mem.tensor).tolist(), written=written))
+    agreeing = [r["k"] for r in rows if r["agree"] >= 0.9]
+    cue = [r["k"] for r in rows if r["rf_retrieves_cue"] >= 0.9]
+    same = [r["k"] for r in rows if r["same_nearest"] >= 0.9]
     return dict(config=cfg, rows=rows, break_even_k=cfg["y"] * (1 + 2 / d),
-                note="rf retrieve = relaxation to a fixed point (ham.relax); exact retrieve = one sharded modern update")
+                largest_k_agree_0p9=max(agreeing) if agreeing else None,
+                largest_k_rf_retrieves_cue_0p9=max(cue) if cue else None,
+                largest_k_same_nearest_0p9=max(same) if same else None,
+                support_radius=math.sqrt(2 / beta), typical_pattern_distance=math.sqrt(2 * d),
+                note="update = one step x - grad E(x) (exact: one sharded modern update, the same map for patterns "
+                     "on a sphere); energy = E(x); timed in interleaved blocks (medians); fixed points: the exact "
+                     "update iterated exact_steps times, the random-feature flow relaxed by ham.relax "
+                     "(max_steps); agree = fixed points within 0.1 sqrt(2/beta); the random-feature kernel sum's "
+                     "noise is about sqrt(K/2Y) against a self term <= 1",
+                claim="storage and per-query cost independent of K (Hoover et al. 2024)")
 
 
 # --------------------------------------------------------------------------- Epanechnikov
@@ -420,6 +518,9 @@ def figure(result, path):
         ax2 = ax.twinx()
         ax2.loglog(ks, [r["rf_energy_qps"] for r in rows], ":o", color="C2", label="RF energy q/s")
         ax2.loglog(ks, [r["exact_energy_qps"] for r in rows], ":s", color="C3", label="exact energy q/s")
+        if "rf_update_qps" in rows[0]:
+            ax2.loglog(ks, [r["rf_update_qps"] for r in rows], "-.o", color="C4", label="RF update q/s")
+            ax2.loglog(ks, [r["exact_update_qps"] for r in rows], "-.s", color="C5", label="exact (sharded) update q/s")
         ax2.set_ylabel("queries / s")
         ax.legend(fontsize=7, loc="upper left")
         ax2.legend(fontsize=7, loc="lower left")
@@ -459,42 +560,61 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.devices:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
     mode = "smoke" if args.smoke else "quick" if args.quick else "default"
     settings = SETTINGS[mode]
+    devices = args.devices or (settings["rf_scale"].get("devices") if "rf_scale" in args.sections else None)
+    if devices and "jax" not in sys.modules:  # virtual CPU devices for the sharded exact memory: before JAX starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={devices}").strip()
     out_dir = results_dir(args.results_dir)
     stem = "frontier_memories" + ("" if mode == "default" else f"_{mode}")
-    checkpoint = out_dir / f"{stem}.checkpoint.json"
-    done = read_json(checkpoint, default={}) or {}
-    if done.get("settings") != settings:  # a finished run with the same settings keeps its other sections
-        done = read_json(out_dir / f"{stem}.json", default={}) or {}
-        done = {"settings": settings, "sections": done.get("sections", {}) if done.get("settings") == settings else {}}
+    command = ("python -m experiments.frontier_memories" + ("" if mode == "default" else f" --{mode}")
+               + ("" if set(args.sections) == set(SECTIONS) else " --sections " + " ".join(args.sections)))
+
+    def kept(path):
+        """The sections of a results file computed with this mode's current settings."""
+        old = (read_json(path, default={}) or {}).get("sections", {})
+        return {k: v for k, v in old.items() if k in settings and v.get("config") == settings[k]}
+
+    # each section resumes on its own: its checkpoint (a finished section, or rf_scale's finished K),
+    # so that runs of different sections (in separate processes) do not overwrite each other
+    def checkpoint(name):
+        return out_dir / f"{stem}.{name}.checkpoint.json"
+
+    done = kept(out_dir / f"{stem}.json")
     for name in args.rerun:
-        done["sections"].pop(name, None)
+        done.pop(name, None)
+        checkpoint(name).unlink(missing_ok=True)
     fns = dict(rf_error=rf_error, rf_agreement=rf_agreement, rf_scale=rf_scale, epa_retrieval=epa_retrieval,
                epa_census=epa_census)
     for name in args.sections:
-        if name in done["sections"]:
+        if name in done:
+            continue
+        saved = read_json(checkpoint(name), default={}) or {}
+        if saved.get("config") == settings[name] and "result" in saved:
+            done[name] = saved["result"]
             continue
         t = time.time()
-        res = fns[name](settings[name], args.progress)
+        kwargs = dict(checkpoint=checkpoint(name)) if name == "rf_scale" else {}
+        res = fns[name](settings[name], args.progress, **kwargs)
         res["seconds"] = time.time() - t
-        done["sections"][name] = res
-        write_json(checkpoint, done)
+        res["command"] = command
+        res["load_at_end"] = os.getloadavg()[0]
+        done[name] = res
+        write_json(checkpoint(name), dict(config=settings[name], result=res))
     import jax
 
+    sections = kept(out_dir / f"{stem}.json")  # re-read: another process may have finished sections meanwhile
+    sections.update({k: v for k, v in done.items()})
     result = dict(
-        command="python -m experiments.frontier_memories" + ("" if mode == "default" else f" --{mode}")
-        + ("" if set(args.sections) == set(SECTIONS) else " --sections " + " ".join(args.sections)),
-        mode=mode, settings=settings, sections=dict(done["sections"]),
+        command=command, mode=mode, settings=settings,
+        sections={k: sections[k] for k in SECTIONS if k in sections},
         machine=dict(devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count()),
     )
     write_json(out_dir / f"{stem}.json", result)
     figure(result, out_dir / f"{stem}.png")
-    if checkpoint.exists() and set(args.sections) <= set(done["sections"]):
-        checkpoint.unlink()
+    for name in args.sections:
+        checkpoint(name).unlink(missing_ok=True)
     return result
 
 
