@@ -16,7 +16,22 @@ How it is measured:
   devices are virtual (``XLA_FLAGS=--xla_force_host_platform_device_count=n``: n XLA
   devices sharing the host's cores and memory); on GPUs/TPUs the real devices are used,
   at most as many as there are, and each row reports the ``devices`` actually used (a
-  count above what the machine has is run once, with all its devices).
+  count above what the machine has is run once, with all its devices). The library runs
+  with default XLA flags in every process (only the device count is set).
+- The worker processes stay alive side by side and the main process drives them point by
+  point: at each grid point both make their patterns, then blocks of timed calls
+  alternate between them (one call a block when a call takes over 0.25 s), so that the
+  1-device and n-device figures see the same machine load; ``one_vs_many`` holds their
+  ratio per point (``ratio`` = 1-device q/s over n-device q/s), and ``load_start`` /
+  ``load_end`` / each row's ``load_before`` the machine's load average (the machine may
+  be shared). Both processes hold their patterns at once, so ``--max-gb`` is their sum.
+- ``gflops``: 4·K·D·batch / seconds, the flops of the two matrix products (scores and
+  weighted sum); the exp/max/sum work is not counted. ``cpu_per_wall``: the process's CPU
+  seconds per wall second of a call (about the number of busy cores).
+- Profile (points with K ≥ ``--profile-min-k``, default 10⁶): the retrieval alternated
+  with a control that runs the same blocked loop with only its two matrix products per
+  block (same blocks, same slicing); ``profile.matmul_s`` is the control's time,
+  ``profile.exp_phase_s`` = full − control (max, exp, sums, masking), with CPU/wall of each.
 - The patterns are made on the devices, already sharded over the mesh axis
   ``"patterns"`` (``jax.jit(..., out_shardings=NamedSharding(mesh, P("patterns", None)))``),
   never as one host array: i.i.d. uniform entries of variance 1/D (so ‖ξ_μ‖ ≈ 1) from a
@@ -25,24 +40,26 @@ How it is measured:
   the values do not change the cost of retrieval.
 - ``bytes_per_device`` is the pattern bytes each device holds (``patterns.addressable_shards``).
   Memory per grid point: on a CPU the process's peak RSS over the point (``rss_peak_bytes``,
-  the peak count restarted before each point; ``peak_bytes_per_pattern`` = its growth / K),
-  and XLA's scratch for the compiled retrieval (``temp_bytes_per_device``, from
-  ``memory_analysis``; for float32 it counts a patterns-size buffer that the measured RSS
-  does not show). ``largest_K_fit``: the memory (a CPU's devices share the host RAM:
+  the peak count restarted before each point; ``peak_bytes_per_pattern`` = its growth / K;
+  ``peak_over_pattern_bytes`` = its growth over the pattern bytes, and the same at the end
+  of the constructor, ``constructor_peak_over_pattern_bytes``, and resident after the first
+  call, ``resident_after_first_call_over_pattern_bytes``), and XLA's scratch for the
+  compiled retrieval of the eager call (``temp_bytes_per_device``, from ``memory_analysis``). ``largest_K_fit``: the memory (a CPU's devices share the host RAM:
   ``MemTotal``; accelerators: their ``bytes_limit``) over the bytes per pattern at the
   largest K run (measured where there is a measurement, else XLA's); an upper bound, as
   the runtime and other processes need memory too.
 - A point is skipped (``skipped_points``) when it would need more than ``--max-gb``: on a
   CPU the peak RSS extrapolated linearly in K from the previous point of the same
-  configuration (default cap 10 GB), on an accelerator XLA's bytes per device (default
-  90% of its memory).
+  configuration (default cap 12 GB for the worker processes together), on an accelerator
+  XLA's bytes per device (default 90% of its memory).
 - A fixed batch of queries (noisy copies of stored patterns: ξ_μ + 0.5·N(0, 1/D)),
   β = 64 (retrieval still picks the right pattern at K = 10⁷: ``retrieval_cos_min`` is the
   smallest cosine between a result and its pattern). One warm-up call (compiles), then
   the median of timed calls of ``sharded_retrieve`` (the public, eager call: argument
   checks, dispatch and the result's finiteness check included), ``block_until_ready``;
   at least ``--repeats`` (5) calls and more until ``--min-time`` (3 s) has been spent
-  (at most 20); ``qps`` = batch / median seconds (``seconds_min``: the fastest call).
+  (at most 20), the profile's full calls included; ``qps`` = batch / median seconds
+  (``seconds_min``: the fastest call).
 - The fit: least squares of log seconds on log K over the points with K ≥ ``--fit-min-k``
   (default 10⁵: below it the per-call overhead dominates), per configuration (``fits``) and
   pooled over all configurations with one slope and an intercept per configuration
@@ -74,7 +91,7 @@ BETA = 64.0
 NOISE = 0.5
 SEED = 0
 MAX_REPEATS = 20
-DEFAULT_MAX_GB_CPU = 10.0
+DEFAULT_MAX_GB_CPU = 12.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -159,99 +176,182 @@ def _peak_device_bytes(devices) -> int | None:
         return None
 
 
-def measure(num: int, dim: int, dtype_name: str, mesh, batch: int, repeats: int, min_time: float,
-            max_bytes: int, previous: dict | None = None) -> dict:
-    """One grid point: make the patterns on the mesh, time ``sharded_retrieve``.
-
-    Skipped (a row with ``"skipped": True``) when it would need more than ``max_bytes``:
-    on a CPU the process's peak RSS, extrapolated linearly in K from ``previous`` (the
-    last point of the same configuration; XLA's scratch estimate for the first one); on
-    an accelerator the per-device bytes of XLA's buffer assignment (patterns + scratch).
-    """
+def _matmul_only(mesh, num: int, dim: int, batch: int, dtype):
+    """The profile's control: the blocked softmax's loop with only its two matrix products
+    per block (scores ``q Ξ_bᵀ`` and the weighted sum ``s Ξ_b``; same blocks, same slicing,
+    no max/exp/sum), so that full − control is the time of the exp phase."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import ham
+    from ham.memories import _sharded
 
-    devices = list(mesh.devices.flat)
-    n = len(devices)
-    on_cpu = devices[0].platform == "cpu"
-    dtype = jnp.dtype(dtype_name)
-    rows = NamedSharding(mesh, P("patterns", None))
-    pattern_bytes = num * dim * dtype.itemsize
+    n = len(list(mesh.devices.flat))
+    k_local = num // n
+    acc = jnp.promote_types(dtype, jnp.float32)
+    c = _sharded._block_rows(k_local, batch, dim * jnp.dtype(dtype).itemsize)
 
-    # XLA's scratch for the compiled retrieval, from shapes only (nothing allocated yet).
-    def retrieve_jit(p, q):
-        return ham.memories.sharded_retrieve(ham.memories.modern(p, beta=BETA), q, mesh)
+    def local(patterns, queries):
+        def body(carry, i):
+            block = _sharded._slice_rows(patterns, jnp.minimum(i * c, k_local - c), c)
+            s = jnp.matmul(queries, block.T, preferred_element_type=acc)
+            return carry + s @ block.astype(acc), None
 
-    t0 = time.perf_counter()
-    compiled = jax.jit(retrieve_jit).lower(
-        jax.ShapeDtypeStruct((num, dim), dtype, sharding=rows),
-        jax.ShapeDtypeStruct((batch, dim), dtype, sharding=NamedSharding(mesh, P()))).compile()
-    analysis_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    temp = int(getattr(mem, "temp_size_in_bytes", 0) or 0) if mem is not None else 0
-    del compiled
-    xla_bytes = pattern_bytes + n * temp
-    rss_before, _ = _rss()
-    if on_cpu:
-        if previous and not previous.get("skipped") and previous.get("rss_peak_bytes"):
-            grow = max(previous["rss_peak_bytes"] - previous["rss_base_bytes"], 0)
-            predicted = rss_before + grow * num / previous["K"]
-        else:
-            predicted = rss_before + xla_bytes
-    else:
-        predicted = pattern_bytes // n + temp  # per device
-    row = {"K": num, "dim": dim, "dtype": dtype.name, "devices": n, "predicted_peak_bytes": int(predicted),
-           "xla_bytes_total": xla_bytes, "temp_bytes_per_device": temp, "max_bytes": max_bytes}
-    if predicted > max_bytes:
-        return row | {"skipped": True}
+        out, _ = jax.lax.scan(body, jnp.zeros((batch, dim), acc), jnp.arange(-(-k_local // c)))
+        return jax.lax.psum(out, "patterns")
 
-    rss_base = _rss()[0]
-    _reset_peak_rss()
-    t0 = time.perf_counter()
-    patterns = jax.block_until_ready(make_patterns(num, dim, dtype, rows))
-    gen_s = time.perf_counter() - t0
-    shards = patterns.addressable_shards
-    per_device = [int(s.data.nbytes) for s in shards]
-    memory = ham.memories.modern(patterns, beta=BETA)
-    idx = jnp.arange(batch) * (num // batch)
-    targets = patterns[idx].astype(jnp.float32)
-    noise = jax.random.normal(jax.random.PRNGKey(SEED + 1), (batch, dim), jnp.float32)
-    queries = jax.block_until_ready((targets + NOISE / math.sqrt(dim) * noise).astype(dtype))
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("patterns", None), P()), out_specs=P(),
+                                 check_vma=False))
 
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(ham.memories.sharded_retrieve(memory, queries))
-    first = time.perf_counter() - t0
-    times: list[float] = []
-    while len(times) < MAX_REPEATS and (len(times) < repeats or sum(times) < min_time):
+
+def _timed(fn, reps: int) -> list[list[float]]:
+    """``reps`` calls of ``fn``: [wall seconds, process CPU seconds] each."""
+    import jax
+
+    out = []
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn())
+        out.append([time.perf_counter() - t0, time.process_time() - c0])
+    return out
+
+
+class Point:
+    """One grid point in a worker: the patterns made on the mesh, the memory, the queries;
+    ``time`` runs timed calls of ``sharded_retrieve`` (the public, eager call), ``profile``
+    alternates it with the matrix-products-only control, ``finish`` returns the row."""
+
+    def __init__(self, num: int, dim: int, dtype_name: str, mesh, batch: int, max_bytes: int,
+                 previous: dict | None = None):
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        import ham
+
+        devices = list(mesh.devices.flat)
+        n = len(devices)
+        self.on_cpu = devices[0].platform == "cpu"
+        self.mesh, self.num, self.dim, self.batch = mesh, num, dim, batch
+        dtype = self.dtype = jnp.dtype(dtype_name)
+        rows = NamedSharding(mesh, P("patterns", None))
+        pattern_bytes = num * dim * dtype.itemsize
+
+        # XLA's scratch for the compiled retrieval, from shapes only (nothing allocated yet): the
+        # program of the eager call (the memory built outside it, as for the timed calls)
         t0 = time.perf_counter()
-        out = jax.block_until_ready(ham.memories.sharded_retrieve(memory, queries))
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    cos = jnp.sum(out * targets, -1) / (jnp.linalg.norm(out, axis=-1) * jnp.linalg.norm(targets, axis=-1))
-    rss, peak = _rss()
-    row |= {
-        "qps": batch / sec, "bytes_per_device": max(per_device), "device_kind": devices[0].device_kind,
-        "seconds": sec, "seconds_min": min(times), "seconds_all": times, "repeats": len(times), "batch": batch,
-        "bytes_total": int(patterns.nbytes), "num_shards": len(shards),
-        "first_call_s": first, "compile_check_s": analysis_s, "generate_s": gen_s,
-        "retrieval_cos_min": float(jnp.min(cos)),
-        "rss_base_bytes": rss_base, "rss_bytes": rss, "rss_peak_bytes": peak, "platform": devices[0].platform,
-    }
-    if on_cpu and peak > rss_base:
-        row["peak_bytes_per_pattern"] = (peak - rss_base) / num  # measured: patterns + scratch + queries
-    peak_dev = _peak_device_bytes(devices)
-    if peak_dev is not None:
-        row["device_peak_bytes"] = peak_dev  # since the process started
-    del out, memory, patterns, queries, targets, shards
-    return row
+        small = ham.memories.modern(jnp.zeros((n, dim), dtype), beta=BETA)
+        shaped = eqx.tree_at(lambda m: m.patterns, small, jax.ShapeDtypeStruct((num, dim), dtype, sharding=rows))
+        compiled = jax.jit(lambda m, q: ham.memories.sharded_retrieve(m, q, mesh)).lower(
+            shaped, jax.ShapeDtypeStruct((batch, dim), dtype, sharding=NamedSharding(mesh, P()))).compile()
+        analysis_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        temp = int(getattr(mem, "temp_size_in_bytes", 0) or 0) if mem is not None else 0
+        del compiled
+        xla_bytes = pattern_bytes + n * temp
+        rss_before, _ = _rss()
+        if self.on_cpu:
+            if previous and not previous.get("skipped") and previous.get("rss_peak_bytes"):
+                grow = max(previous["rss_peak_bytes"] - previous["rss_base_bytes"], 0)
+                predicted = rss_before + grow * num / previous["K"]
+            else:
+                predicted = rss_before + xla_bytes
+        else:
+            predicted = pattern_bytes // n + temp  # per device
+        self.row = {"K": num, "dim": dim, "dtype": dtype.name, "devices": n, "predicted_peak_bytes": int(predicted),
+                    "xla_bytes_total": xla_bytes, "temp_bytes_per_device": temp, "max_bytes": max_bytes,
+                    "compile_check_s": analysis_s}
+        self.skipped = predicted > max_bytes
+        if self.skipped:
+            self.row["skipped"] = True
+            return
+        self.rss_base = _rss()[0]
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        self.patterns = jax.block_until_ready(make_patterns(num, dim, dtype, rows))
+        self.row["generate_s"] = time.perf_counter() - t0
+        self.memory = ham.memories.modern(self.patterns, beta=BETA)
+        self.constructor_peak = _rss()[1]
+        idx = jnp.arange(batch) * (num // batch)
+        self.targets = self.patterns[idx].astype(jnp.float32)
+        noise = jax.random.normal(jax.random.PRNGKey(SEED + 1), (batch, dim), jnp.float32)
+        self.queries = jax.block_until_ready((self.targets + NOISE / math.sqrt(dim) * noise).astype(dtype))
+        t0 = time.perf_counter()
+        self.out = jax.block_until_ready(self.call())
+        self.row["first_call_s"] = time.perf_counter() - t0
+        self.resident_after_first = _rss()[0]
+        self.times: list[list[float]] = []
+
+    def call(self):
+        import ham
+
+        return ham.memories.sharded_retrieve(self.memory, self.queries)
+
+    def time(self, reps: int) -> list[list[float]]:
+        t = _timed(self.call, reps)
+        self.times += t
+        return t
+
+    def profile(self, reps: int) -> dict:
+        """Alternate the full retrieval with the matrix-products-only control: medians of
+        wall and CPU seconds of each (the full calls count as timed calls too)."""
+        control = _matmul_only(self.mesh, self.num, self.dim, self.batch, self.dtype)
+        _timed(lambda: control(self.patterns, self.queries), 1)  # compiles
+        full, mm = [], []
+        for _ in range(reps):
+            full += self.time(1)
+            mm += _timed(lambda: control(self.patterns, self.queries), 1)
+        med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+        return {"full_s": med(full, 0), "full_cpu_s": med(full, 1), "matmul_s": med(mm, 0),
+                "matmul_cpu_s": med(mm, 1), "reps": reps}
+
+    def finish(self) -> dict:
+        import jax.numpy as jnp
+
+        if self.skipped:
+            return self.row
+        devices = list(self.mesh.devices.flat)
+        walls = [t[0] for t in self.times]
+        cpus = [t[1] for t in self.times]
+        sec = statistics.median(walls)
+        out, targets = self.out, self.targets
+        cos = jnp.sum(out * targets, -1) / (jnp.linalg.norm(out, axis=-1) * jnp.linalg.norm(targets, axis=-1))
+        rss, peak = _rss()
+        shards = self.patterns.addressable_shards
+        pb = int(self.patterns.nbytes)
+        row = self.row | {
+            "qps": self.batch / sec, "gflops": gflops(self.num, self.dim, self.batch, sec),
+            "bytes_per_device": max(int(s.data.nbytes) for s in shards), "device_kind": devices[0].device_kind,
+            "seconds": sec, "seconds_min": min(walls), "seconds_all": walls,
+            "cpu_per_wall": statistics.median(c / w for c, w in zip(cpus, walls)),
+            "repeats": len(walls), "batch": self.batch, "bytes_total": pb, "num_shards": len(shards),
+            "retrieval_cos_min": float(jnp.min(cos)),
+            "rss_base_bytes": self.rss_base, "rss_bytes": rss, "rss_peak_bytes": peak, "platform": devices[0].platform,
+        }
+        if self.on_cpu and peak > self.rss_base:
+            row["peak_bytes_per_pattern"] = (peak - self.rss_base) / self.num  # patterns + scratch + queries
+            row["peak_over_pattern_bytes"] = (peak - self.rss_base) / pb
+            row["constructor_peak_over_pattern_bytes"] = (self.constructor_peak - self.rss_base) / pb
+            row["resident_after_first_call_over_pattern_bytes"] = (self.resident_after_first - self.rss_base) / pb
+        peak_dev = _peak_device_bytes(devices)
+        if peak_dev is not None:
+            row["device_peak_bytes"] = peak_dev  # since the process started
+        del self.out, self.memory, self.patterns, self.queries, self.targets
+        return row
 
 
-def worker(args) -> None:
-    """Run the grid on ``args.devices`` devices; rows go to a resumable checkpoint file."""
+def gflops(num: int, dim: int, batch: int, seconds: float) -> float:
+    """GFLOP/s of the two matrix products (scores and weighted sum: 2·K·D multiply-adds a
+    query each, ``4·K·D·batch`` flops); the exp/max/sum work is not counted."""
+    return 4.0 * num * dim * batch / seconds / 1e9
+
+
+def serve(args) -> None:
+    """The worker: one process per device count, driven by JSON lines on stdin (``setup``,
+    ``time``, ``profile``, ``finish``, ``exit``), so that the main process alternates blocks
+    of timed calls between the device counts (both see the same machine load)."""
     import gc
 
     import jax
@@ -260,44 +360,43 @@ def worker(args) -> None:
 
     available = jax.devices()
     n = min(args.devices, len(available))
+    hello = {"devices": n, "platform": available[0].platform, "device_kind": available[0].device_kind,
+             "jax": jax.__version__}
     if n < args.devices and n == 1 and args.devices > 1:
-        print(json.dumps({"note": f"only {len(available)} {available[0].platform} device(s): the "
-                          f"{args.devices}-device run is skipped"}), flush=True)
-        write_json(args.rows_file, {"devices": 1, "skipped": True, "rows": []})
+        print(json.dumps(hello | {"skipped": True, "note": f"only {len(available)} {available[0].platform} "
+                                  f"device(s): the {args.devices}-device run is skipped"}), flush=True)
         return
     mesh = Mesh(onp.array(available[:n]), ("patterns",))
     capacity, capacity_source = device_memory(available[:n])
     on_cpu = available[0].platform == "cpu"
-    if on_cpu:  # the process's peak RSS
-        max_bytes = int((args.max_gb or DEFAULT_MAX_GB_CPU) * 1e9)
+    if on_cpu:  # the process's peak RSS (the workers run side by side: they share the cap)
+        max_bytes = int((args.max_gb or DEFAULT_MAX_GB_CPU) * 1e9 / max(args.workers, 1))
     else:  # per device
         max_bytes = int(args.max_gb * 1e9) if args.max_gb else int(0.9 * capacity / n)
-    ck = Checkpoint(args.rows_file.with_suffix(".checkpoint.json"),
-                    {"devices": n, "batch": args.batch, "beta": BETA, "platform": available[0].platform,
-                     "device_kind": available[0].device_kind, "max_bytes": max_bytes})
-    grid = [(d, t, k) for d in args.dims for t in args.dtypes for k in sorted(args.ks)]
-    bad = [k for k in args.ks if k % n or k < args.batch]
-    if bad:
-        raise SystemExit(f"bench_scale: K = {bad} must be multiples of {n} devices and ≥ the batch {args.batch}")
-    from tqdm import tqdm
-
-    rows, previous = [], {}
-    for d, t, k in tqdm(grid, desc=f"bench_scale {n} device(s)", disable=not args.progress, file=sys.stderr):
-        key = f"{d}/{t}/{k}"
-        if key not in ck:
-            ck.put(key, measure(k, d, t, mesh, args.batch, args.repeats, args.min_time, max_bytes,
-                                previous.get((d, t))))
+    print(json.dumps(hello | {"capacity_bytes": capacity, "capacity_source": capacity_source, "max_bytes": max_bytes,
+                              "max_bytes_means": "peak RSS of the process" if on_cpu else "bytes per device"}),
+          flush=True)
+    point, previous = None, {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg["cmd"]
+        if cmd == "setup":
+            point = Point(msg["K"], msg["dim"], msg["dtype"], mesh, args.batch, max_bytes,
+                          previous.get((msg["dim"], msg["dtype"])))
+            reply = {"skipped": point.skipped}
+        elif cmd == "time":
+            reply = {"times": point.time(msg["reps"])}
+        elif cmd == "profile":
+            reply = point.profile(msg["reps"])
+        elif cmd == "finish":
+            reply = point.finish()
+            if not reply.get("skipped"):
+                previous[(reply["dim"], reply["dtype"])] = reply
+            point = None
             gc.collect()
-        rows.append(ck[key])
-        if not rows[-1].get("skipped"):
-            previous[(d, t)] = rows[-1]
-        print(json.dumps({k_: v for k_, v in rows[-1].items() if k_ != "seconds_all"}), flush=True)
-    write_json(args.rows_file, {"devices": n, "rows": rows,
-                                "rss_peak_bytes": max((r.get("rss_peak_bytes", 0) for r in rows), default=0),
-                                "capacity_bytes": capacity, "capacity_source": capacity_source,
-                                "max_bytes": max_bytes, "max_bytes_means": "peak RSS of the process" if on_cpu
-                                else "bytes per device", "device_kind": available[0].device_kind,
-                                "platform": available[0].platform, "jax": jax.__version__})
+        else:
+            return
+        print(json.dumps(reply), flush=True)
 
 
 # ----------------------------------------------------------------------------- analysis (main process, no JAX)
@@ -451,6 +550,32 @@ def markdown_table(data) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(data) -> str:
+    """One device against n devices on the same cores, timed alternately at each point:
+    q/s and GFLOP/s of each, their ratio, CPU/wall, and the profile's split (1 device)."""
+    comps = data.get("one_vs_many") or []
+    if not comps:
+        return ""
+    by = {(r["K"], r["dim"], r["dtype"], r["devices"]): r for r in data["results"]}
+    n = comps[0]["devices"]
+    lines = [f"| K | D | dtype | 1 dev q/s (GFLOP/s) | {n} dev q/s (GFLOP/s) | 1 / {n} | CPU/wall 1 dev, {n} dev "
+             f"| CPU s a call 1 dev, {n} dev | 1 dev: matrix products / exp phase (s) | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(comps, key=lambda c: (c["dim"], c["dtype"] != "float32", c["K"])):
+        prof = by.get((c["K"], c["dim"], c["dtype"], 1), {}).get("profile")
+        prof_n = by.get((c["K"], c["dim"], c["dtype"], n), {}).get("profile")
+        split = (f"{prof['matmul_s']:.3g} / {prof['exp_phase_s']:.3g}" if prof else "–")
+        cpu = (f"{prof['full_s'] * prof['cpu_per_wall_full']:.3g}, {prof_n['full_s'] * prof_n['cpu_per_wall_full']:.3g}"
+               if prof and prof_n else "–")
+        load = c.get("load_before")
+        lines.append(
+            f"| {c['K']:,} | {c['dim']} | {c['dtype']} | {_qps(c['qps_1'])} ({c['gflops_1']:.0f}) | "
+            f"{_qps(c['qps_many'])} ({c['gflops_many']:.0f}) | **{c['ratio']:.2f}** | "
+            f"{c['cpu_per_wall_1']:.2f}, {c['cpu_per_wall_many']:.2f} | {cpu} | {split} | "
+            + (f"{load[0]:.1f}" if load else "–") + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def _worker_env(devices: int) -> dict:
     env = dict(os.environ)
@@ -476,6 +601,141 @@ def _parse_ints(s: str) -> list[int]:
     return [int(float(x)) for x in s.split(",") if x.strip()]
 
 
+def _load() -> dict:
+    """The machine's load: ``os.getloadavg()`` and the ``uptime`` line (the machine may be shared)."""
+    try:
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        uptime = None
+    try:
+        avg = list(os.getloadavg())
+    except OSError:  # pragma: no cover - not Unix
+        avg = None
+    return {"loadavg": avg, "uptime": uptime, "cpus": os.cpu_count()}
+
+
+class Workers:
+    """One worker process per device count, alive side by side (``serve``), asked in turn."""
+
+    def __init__(self, args):
+        self.procs, self.hello = {}, {}
+        for n in dict.fromkeys(args.devices):
+            cmd = [sys.executable, "-m", "experiments.bench_scale", "--worker", "--devices", str(n),
+                   "--workers", str(len(set(args.devices))), "--batch", str(args.batch)] + (
+                ["--max-gb", str(args.max_gb)] if args.max_gb else [])
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=_worker_env(n), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+            hello = json.loads(proc.stdout.readline())
+            if hello.get("skipped") or any(h["devices"] == hello["devices"] for h in self.hello.values()):
+                print(json.dumps({"note": f"{n} device(s) requested: {hello['devices']} available, already "
+                                  "measured or skipped"}), flush=True)
+                proc.stdin.close()
+                proc.wait()
+                continue
+            self.procs[n], self.hello[n] = proc, hello | {"requested": n}
+
+    def ask(self, n: int, msg: dict) -> dict:
+        proc = self.procs[n]
+        proc.stdin.write(json.dumps(msg) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench_scale: the {n}-device worker stopped (exit code {proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            try:
+                proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+                proc.stdin.close()
+            except (OSError, ValueError):
+                pass
+            proc.wait()
+
+    def summary(self, rows) -> list[dict]:
+        return [h | {"skipped_points": [r for r in rows if r.get("skipped") and r["devices"] == h["devices"]]}
+                for h in self.hello.values()]
+
+
+def run_grid(args, pool: Workers, checkpoint_path: Path) -> tuple[list[dict], list[dict]]:
+    """Every grid point on every device count, the timed calls alternating between the
+    device counts in blocks (at least ``--repeats`` calls each and more until ``--min-time``
+    is spent, at most 20), and at K ≥ ``--profile-min-k`` a profile (full retrieval
+    alternated with its matrix-products-only control). Rows and the 1-vs-n comparison of
+    each point go to a resumable checkpoint."""
+    from tqdm import tqdm
+
+    ns = list(pool.procs)
+    ck = Checkpoint(checkpoint_path, {"devices": ns, "batch": args.batch, "beta": BETA, "repeats": args.repeats,
+                                      "min_time": args.min_time, "profile_min_k": args.profile_min_k})
+    grid = [(d, t, k) for d in args.dims for t in args.dtypes for k in sorted(args.ks)]
+    bad = [k for k in args.ks for n in pool.hello.values() if k % n["devices"] or k < args.batch]
+    if bad:
+        raise SystemExit(f"bench_scale: K = {sorted(set(bad))} must be multiples of the device counts "
+                         f"{[h['devices'] for h in pool.hello.values()]} and ≥ the batch {args.batch}")
+    rows, comparisons = [], []
+    for d, t, k in tqdm(grid, desc="bench_scale", disable=not args.progress, file=sys.stderr):
+        key = f"{d}/{t}/{k}"
+        if key not in ck:
+            before = _load()
+            live = [n for n in ns if not pool.ask(n, {"cmd": "setup", "K": k, "dim": d, "dtype": t})["skipped"]]
+            spent = {n: [] for n in live}
+            while live and any(len(spent[n]) < args.repeats or sum(spent[n]) < args.min_time for n in live) and all(
+                    len(spent[n]) < MAX_REPEATS for n in live):
+                for n in live:  # a block of calls each, in turn
+                    per = max(spent[n]) if spent[n] else 0.0
+                    reps = 1 if per > 0.25 or not spent[n] else max(1, min(5, int(0.5 / max(per, 1e-4))))
+                    reps = min(reps, MAX_REPEATS - len(spent[n]))
+                    spent[n] += [w for w, _ in pool.ask(n, {"cmd": "time", "reps": reps})["times"]]
+            profiles = {}
+            if live and k >= args.profile_min_k:
+                for _ in range(args.profile_reps):  # one full/control pair each, in turn
+                    for n in live:
+                        profiles.setdefault(n, []).append(pool.ask(n, {"cmd": "profile", "reps": 1}))
+            point = {"rows": [], "comparison": None}
+            for n in ns:
+                row = pool.ask(n, {"cmd": "finish"})
+                if n in profiles:
+                    row["profile"] = _profile_summary(profiles[n])
+                row["load_before"] = before["loadavg"]
+                point["rows"].append(row)
+            point["comparison"] = _compare(point["rows"], _load())
+            ck.put(key, point)
+        rows += ck[key]["rows"]
+        if ck[key]["comparison"]:
+            comparisons.append(ck[key]["comparison"])
+        for r in ck[key]["rows"]:
+            print(json.dumps({k_: v for k_, v in r.items() if k_ != "seconds_all"}), flush=True)
+    checkpoint_path.unlink(missing_ok=True)
+    return rows, comparisons
+
+
+def _profile_summary(pairs: list[dict]) -> dict:
+    """Medians over the full/control pairs: seconds of the matrix products (the control),
+    of the rest (full − control: the exp/max/sum phase and the loop), and CPU seconds per
+    wall second of each (about the number of busy cores)."""
+    med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
+    full, mm, full_cpu, mm_cpu = med("full_s"), med("matmul_s"), med("full_cpu_s"), med("matmul_cpu_s")
+    return {"full_s": full, "matmul_s": mm, "exp_phase_s": max(full - mm, 0.0), "matmul_fraction": mm / full,
+            "cpu_per_wall_full": full_cpu / full, "cpu_per_wall_matmul": mm_cpu / mm,
+            "cpu_per_wall_exp_phase": (full_cpu - mm_cpu) / (full - mm) if full > mm else None,
+            "pairs": len(pairs), "method": "full retrieval and a control with only its two matrix products per "
+            "block (same blocks and slicing), alternated; exp phase = full - control"}
+
+
+def _compare(point_rows: list[dict], load_after: dict) -> dict | None:
+    """One device against the most devices at one grid point (timed alternately)."""
+    done = {r["devices"]: r for r in point_rows if not r.get("skipped")}
+    if 1 not in done or len(done) < 2:
+        return None
+    one, many = done[1], done[max(done)]
+    return {"K": one["K"], "dim": one["dim"], "dtype": one["dtype"], "devices": many["devices"],
+            "qps_1": one["qps"], f"qps_{many['devices']}": many["qps"], "qps_many": many["qps"],
+            "gflops_1": one["gflops"], "gflops_many": many["gflops"], "ratio": one["qps"] / many["qps"],
+            "cpu_per_wall_1": one["cpu_per_wall"], "cpu_per_wall_many": many["cpu_per_wall"],
+            "load_before": one.get("load_before"), "load_after": load_after["loadavg"]}
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="K = 1e4, 1e5 at dim 64 (seconds)")
@@ -494,8 +754,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--results-dir", default=None, help="results folder (default experiments/results)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    ap.add_argument("--profile-min-k", type=int, default=None,
+                    help="profile (matrix products vs exp phase) the points with K >= this (default 1e6; quick 1e5)")
+    ap.add_argument("--profile-reps", type=int, default=3, help="full/control pairs per profiled point (default 3)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--rows-file", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     return ap
 
 
@@ -511,9 +774,10 @@ def main(argv=None):
     for t in args.dtypes:
         if t not in ("float32", "bfloat16", "float16"):
             ap.error(f"unknown dtype {t!r}; use float32, bfloat16 or float16")
+    args.profile_min_k = args.profile_min_k or (100_000 if args.quick else 1_000_000)
     if args.worker:
         args.devices = args.devices[0]
-        return worker(args)
+        return serve(args)
 
     out_dir = results_dir(args.results_dir)
     name = "bench_scale_quick" if args.quick else "bench_scale"
@@ -523,27 +787,13 @@ def main(argv=None):
         return read_json(path)
 
     t_start = time.perf_counter()
-    rows, workers = [], []
-    for n in args.devices:
-        rows_file = out_dir / f".{name}.devices{n}.json"
-        cmd = [sys.executable, "-m", "experiments.bench_scale", "--worker", "--devices", str(n),
-               "--rows-file", str(rows_file), "--ks", ",".join(map(str, args.ks)),
-               "--dims", ",".join(map(str, args.dims)), "--dtypes", ",".join(args.dtypes),
-               "--batch", str(args.batch), "--repeats", str(args.repeats), "--min-time", str(args.min_time),
-               ] + (["--max-gb", str(args.max_gb)] if args.max_gb else []) + ([] if args.progress else ["--no-progress"])
-        t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, env=_worker_env(n), check=True)
-        w = read_json(rows_file)
-        w["wall_s"] = time.perf_counter() - t0
-        new = [r for r in w["rows"] if not r.get("skipped")]
-        if w.get("skipped") or any(x["devices"] == w["devices"] for x in workers):
-            print(json.dumps({"note": f"{n} device(s) requested: {w['devices']} available, already measured"}))
-        else:
-            rows += new
-            workers.append({k: v for k, v in w.items() if k != "rows"}
-                           | {"requested": n, "skipped_points": [r for r in w["rows"] if r.get("skipped")]})
-        rows_file.unlink(missing_ok=True)
-        rows_file.with_suffix(".checkpoint.json").unlink(missing_ok=True)
+    load_start = _load()
+    pool = Workers(args)
+    try:
+        rows, comparisons = run_grid(args, pool, out_dir / f".{name}.checkpoint.json")
+    finally:
+        pool.close()
+    workers = pool.summary(rows)
     per, pooled = fits(rows, fit_min_k)
     per_large, pooled_large = fits(rows, 10 * fit_min_k)
     per_min, pooled_min = fits(rows, fit_min_k, "seconds_min")
@@ -562,8 +812,13 @@ def main(argv=None):
         "largest_K_run": max(r["K"] for r in rows),
         "batch": args.batch, "beta": BETA, "query_noise": NOISE,
         "device_kind": rows[0]["device_kind"], "platform_host": platform.platform(),
+        "one_vs_many": comparisons,
+        "gflops_means": "4 K D batch / seconds: the two matrix products (scores, weighted sum); exp not counted",
+        "timing": "one worker process per device count, alive side by side; at each point blocks of timed calls "
+                  "alternate between them (medians)",
+        "load_start": load_start, "load_end": _load(),
         "workers": workers, "wall_s": time.perf_counter() - t_start,
-        "command": "python -m experiments.bench_scale" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m experiments.bench_scale", *(sys.argv[1:] if argv is None else argv)]),
         "git_commit": _git_commit(),
     }
     write_json(path, data)
