@@ -74,9 +74,10 @@ def run_case(num_patterns, dim, batch, *, beta, repeats, relax_batch, seed=0):
     per_call = min(timed(lambda: mem.retrieve(queries), 3) + timed(lambda: plain_retrieve(queries, patterns, b), 3))
     block = max(1, min(50, int(0.02 / max(per_call, 1e-6))))
     ham_t, plain_t = [], []
-    for _ in range(repeats):
-        ham_t.append(sum(timed(lambda: mem.retrieve(queries), block)) / block)
-        plain_t.append(sum(timed(lambda: plain_retrieve(queries, patterns, b), block)) / block)
+    for i in range(repeats):  # ABBA order: neither goes first every time
+        pair = [(ham_t, lambda: mem.retrieve(queries)), (plain_t, lambda: plain_retrieve(queries, patterns, b))]
+        for times, fn in (pair if i % 2 == 0 else pair[::-1]):
+            times.append(sum(timed(fn, block)) / block)
     ham_qps = batch / statistics.median(ham_t)
     plain_qps = batch / statistics.median(plain_t)
     err = float(jnp.max(jnp.abs(mem.retrieve(queries) - plain_retrieve(queries, patterns, b))))
@@ -109,7 +110,7 @@ def run_case(num_patterns, dim, batch, *, beta, repeats, relax_batch, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small cases (a smoke test); writes bench_retrieval_quick.json")
-    ap.add_argument("--repeats", type=int, default=21,
+    ap.add_argument("--repeats", type=int, default=41,
                     help="timed blocks of one-step retrieval (ham and plain interleaved, about 20 ms of calls a "
                     "block), median reported (>= 5); relax is timed 5 times")
     ap.add_argument("--beta", type=float, default=8.0, help="inverse temperature of the modern Hopfield network")
@@ -130,8 +131,8 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         write_json(out, {"device": str(jax.devices()[0]), "machine": platform.processor() or platform.machine(),
                          "jax": jax.__version__, "results": rows, "load_start": load_start, "load_end": _load(),
-                         "timing": "one-step retrieval: ham and plain jnp alternate in blocks of calls (about "
-                                   "20 ms each), the median of the per-call block means; the machine may be shared "
+                         "timing": "one-step retrieval: ham and plain jnp alternate (ABBA) in blocks of calls "
+                                   "(about 20 ms each), the median of the per-call block means; the machine may be shared "
                                    "(load average in load_start/load_end)"})
     return rows
 
