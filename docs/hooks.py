@@ -831,6 +831,10 @@ def ham_classifier_mnist() -> str:
     ])
 
 
+def _times(r: float) -> str:
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.3g}×"
+
+
 def frontier_memories() -> str:
     """Random-feature DenseAM and Epanechnikov energy study (issue 22)."""
     # the quick run's sections, each replaced by the default run's where that run has it
@@ -840,7 +844,7 @@ def frontier_memories() -> str:
     for n in runs:
         r = load(n)
         for k, v in r["sections"].items():
-            s[k], source[k] = v, f"`{r['command']}`"
+            s[k], source[k] = v, f"`{v.get('command', r['command'])}`"
     out = ["Sections from " + "; ".join(f"{k}: {v}" for k, v in source.items()) + " (results in "
            "`experiments/results/frontier_memories*.json`)."]
     if "rf_error" in s:
@@ -859,26 +863,82 @@ def frontier_memories() -> str:
                        ["features", "β", "energy-error slope [95 % CI]", "gradient-error slope [95 % CI]",
                         "points", "Y fitted"], rows))
     if "rf_agreement" in s:
-        rows = [[x["kind"], x["k"], x["beta"], f"{x['y']:,}", f"{x['agree']:.2f}", f"{x['same_nearest']:.2f}",
-                 f"{x['clipped_at_start']:.2f}"] for x in s["rf_agreement"]["rows"]]
-        out.append("**Retrieval agreement with the exact model** (fixed points within 0.1·√(2/β); same nearest "
-                   "stored pattern; queries clipped at the start):\n\n" + table(
-                       ["features", "K", "β", "Y", "agree", "same nearest", "clipped"], rows))
+        ag = s["rf_agreement"]
+        ys = sorted({x["y"] for x in ag["rows"]})
+        cells = {(x["kind"], x["k"], x["beta"], x["y"]): x for x in ag["rows"]}
+        rows = []
+        for kind, k, beta in sorted({(x["kind"], x["k"], x["beta"]) for x in ag["rows"]},
+                                    key=lambda t: (t[0] != "trigonometric", t[1], t[2])):
+            row = [kind, k, beta, f"{cells[(kind, k, beta, ys[0])]['exact_retrieves_cue']:.2f}"]
+            for y in ys:
+                c = cells.get((kind, k, beta, y))
+                row.append("—" if c is None else f"{c['same_nearest']:.2f} / {c['agree']:.2f}"
+                           + (f" (clipped {c['clipped_at_start']:.2f})" if c["clipped_at_start"] else ""))
+            rows.append(row)
+        cfg = ag["config"]
+        def matches(c):  # the same fixed point, or the same retrieved pattern where the exact memory retrieves
+            return c["agree"] >= 0.9 or (c["exact_retrieves_cue"] >= 0.9 and c["same_nearest"] >= 0.9)
+
+        summary = []
+        for kind in ("trigonometric", "positive"):
+            top = [x for x in ag["rows"] if x["kind"] == kind and x["y"] == max(ys)]
+            bad = ", ".join(f"K = {x['k']} β = {x['beta']}" for x in top if not matches(x)) or "none"
+            strict = sum(x["agree"] >= 0.9 for x in top)
+            summary.append(f"{kind} {sum(map(matches, top))} of {len(top)} (not at: {bad}; by fixed points within "
+                           f"0.1 radii alone {strict} of {len(top)})")
+        out.append(f"**Retrieval agreement with the exact model** (D = {cfg['dim']}, {cfg['queries']} queries "
+                   "ξ + 0.3·N(0, 1/(βD)) per (K, β); each cell: same nearest stored pattern as the exact fixed point / "
+                   "fixed points within 0.1·√(2/β); queries clipped at the start where any; paper (Hoover et al. "
+                   "2024): the approximation holds while Y ≫ K and β is small, and worsens with β and K/Y). "
+                   f"At Y = {max(ys):,} the random-feature memory matches the exact one (fixed points within 0.1 "
+                   "radii in ≥ 90 % of queries, or the same retrieved pattern in ≥ 90 % where the exact memory "
+                   "retrieves its cue in ≥ 90 %) in: " + "; ".join(summary) + ". The queries start 0.3/√β from "
+                   "their pattern, so the same retrieved pattern also holds for a query that barely moves.\n\n" + table(
+                       ["features", "K", "β", "exact retrieves the cue"] + [f"Y = {y:,}" for y in ys], rows))
     if "rf_scale" in s:
         sc = s["rf_scale"]
-        rows = [[f"{x['k']:,}", f"{x['rf_bytes']:,}", f"{x['exact_bytes']:,}", f"{x['rf_energy_qps']:,.0f}",
-                 f"{x['exact_energy_qps']:,.0f}", f"{x['rf_retrieve_qps']:,.0f}", f"{x['exact_retrieve_qps']:,.0f}",
-                 f"{x['same_nearest']:.2f}", f"{x['exact_retrieves_cue']:.2f}", f"{x['rf_converged']:.2f}",
-                 f"{x['clipped_at_start']:.2f}"] for x in sc["rows"]]
         c = sc["config"]
-        out.append(f"**Footprint and speed vs K** (trigonometric, Y = {c['y']:,}, D = {c['dim']}, β = {c['beta']}, "
-                   f"{c['queries']} queries, {sc['rows'][0]['devices']} device(s); exact = `modern` through "
-                   f"`sharded_retrieve`/`sharded_energy` in the same run; the random-feature memory is smaller once "
-                   f"K > Y(1 + 2/D) = {sc['break_even_k']:,.0f}; its retrieve relaxes to a fixed point, the exact "
-                   f"retrieve is one update; relaxation capped at {c.get('max_steps', 4096)} steps):\n\n" + table(
-                       ["K", "RF bytes", "exact bytes", "RF energy q/s", "exact energy q/s", "RF retrieve q/s",
-                        "exact retrieve q/s", "same nearest as exact", "exact retrieves the cue",
-                        "RF converged", "clipped"], rows))
+        if "rf_update_qps" in sc["rows"][0]:
+            rows = [[f"{x['k']:,}", f"{x['rf_bytes']:,}", f"{x['exact_bytes']:,} ({x['exact_bytes_per_device']:,})",
+                     f"{x['rf_update_qps']:,.0f} / {x['exact_update_qps']:,.0f} ({_times(x['update_speedup'])})",
+                     f"{x['rf_energy_qps']:,.0f} / {x['exact_energy_qps']:,.0f} ({_times(x['energy_speedup'])})",
+                     f"{x['rf_write_patterns_per_s']:,.0f}", f"{x['kernel_noise_sqrt_k_over_2y']:.2f}",
+                     f"{x['rf_retrieves_cue']:.2f}", f"{x['same_nearest']:.2f}",
+                     f"{x['fixed_point_distance_median']:.2f}", f"{x['agree']:.2f}", f"{x['exact_retrieves_cue']:.2f}",
+                     f"{x['rf_converged']:.2f}", f"{x['clipped_at_start']:.2f}"] for x in sc["rows"]]
+            top = max(sc["rows"], key=lambda x: x["k"])
+            same = sc.get("largest_k_same_nearest_0p9")
+            dist = [x["fixed_point_distance_median"] for x in sc["rows"]]
+            out.append(
+                f"**Footprint, speed and agreement vs K** (trigonometric, Y = {c['y']:,}, D = {c['dim']}, β = "
+                f"{c['beta']}, patterns on the sphere of radius √D, {c['queries']} queries ξ + N(0, 1/(βD)); exact = "
+                f"`modern` sharded over {top['devices']} device(s) (`sharded_retrieve`/`sharded_energy`) in the same "
+                "run; q/s = random features / exact (speed-up), medians of "
+                f"{c['repeats']} interleaved timing rounds; update = one step x − ∇E(x) (for the exact model one "
+                f"modern update); fixed points: the exact update iterated {c['exact_steps']}×, the random-feature "
+                f"flow relaxed (at most {c['max_steps']} steps); the random-feature memory is smaller once "
+                f"K > Y(1 + 2/D) = {sc['break_even_k']:,.0f}; its kernel-sum noise ≈ √(K/2Y) against a self term "
+                f"≤ 1; support radius √(2/β) = {sc['support_radius']:.2f}, typical distance between patterns "
+                f"√(2D) = {sc['typical_pattern_distance']:.1f}). Paper (Hoover et al. 2024): storage and per-query "
+                f"cost independent of K. Measured: {top['rf_bytes']:,} bytes at every K up to {top['k']:,} "
+                f"(exact {top['exact_bytes'] / 1e6:,.0f} MB). The relaxed random-feature query stays nearest the same "
+                f"pattern as the exact fixed point for ≥ 90 % of queries up to K = {'—' if same is None else f'{same:,}'}, "
+                f"but settles {min(dist):.1f}–{max(dist):.1f} from the exact fixed point (the queries start "
+                f"{1 / c['beta'] ** 0.5:.1f} away): within 0.1 radii at "
+                f"{'no K' if sc.get('largest_k_agree_0p9') is None else 'K ≤ ' + format(sc['largest_k_agree_0p9'], ',')} "
+                "here (see the notes above). Write patterns/s include compilation at small K.\n\n" + table(
+                    ["K", "RF bytes", "exact bytes (per device)", "update q/s RF / exact", "energy q/s RF / exact",
+                     "RF write patterns/s", "√(K/2Y)", "RF retrieves the cue", "same nearest as exact",
+                     "fixed-point distance (median)", "within 0.1 radii", "exact retrieves the cue",
+                     "RF relax converged", "clipped at start"], rows))
+        else:  # an older run's columns
+            rows = [[f"{x['k']:,}", f"{x['rf_bytes']:,}", f"{x['exact_bytes']:,}", f"{x['rf_energy_qps']:,.0f}",
+                     f"{x['exact_energy_qps']:,.0f}", f"{x['same_nearest']:.2f}", f"{x['exact_retrieves_cue']:.2f}"]
+                    for x in sc["rows"]]
+            out.append(f"**Footprint and speed vs K** (trigonometric, Y = {c['y']:,}, D = {c['dim']}, β = {c['beta']}; "
+                       "an older run's columns):\n\n" + table(
+                           ["K", "RF bytes", "exact bytes", "RF energy q/s", "exact energy q/s",
+                            "same nearest as exact", "exact retrieves the cue"], rows))
     if "epa_retrieval" in s:
         rows = [[x["k"], x["beta_units"], f"{x['fixed_fraction']:.2f}", f"{x['predicted_fraction']:.2f}",
                  f"{x['prediction_matches']:.2f}", f"{x['retrieved_from_0p3_radius']:.2f}"]
