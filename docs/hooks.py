@@ -496,7 +496,9 @@ def bench_stream() -> str:
         rows.append([f"`{x['case']}`", x["dtype"], x["queries"], f"{x['mean_steps']:.1f} / {x['max_steps']}",
                      f"{x['vmapped_seconds']:.2f}", f"{x['window_best']}: {x['streamed_seconds']:.2f} s, "
                      f"**{x['speedup']:.2f}×**", f"{auto}: {x['auto_seconds']:.2f} s, {x['auto_speedup']:.2f}×",
-                     f"≥ {x['target']:.2f}× {'✓' if x['meets_target'] else '✗'}",
+                     f"≥ {x['target']:.2f}× {'✓' if x['meets_target'] else '✗'}"
+                     f"{'' if x['auto_meets_target'] else ' (auto ✗)'}",
+                     f"{x['auto'].get('pilot_max_steps', '–')} ({x['auto'].get('estimated_max_steps', 0):.0f})",
                      f"{x['iterations']} ({x['iterations_model']:.0f})",
                      f"{x['same_steps']:.3f} / {x['same_state']:.3f}"])
     loads = [v for x in r["results"] for v in (x["load_before"][0], x["load_after"][0])]
@@ -508,7 +510,8 @@ def bench_stream() -> str:
         "N · mean/W + max (attempted steps); same `num_steps` / same final state (within the steady-state "
         "tolerance) as the vmapped solve:",
         table(["case", "dtype", "queries", "mean / max steps", "vmapped s", "best W: s, speed-up",
-               "`window=\"auto\"`: W, s, speed-up", "target", "iterations (model)", "same steps / state"], rows),
+               "`window=\"auto\"`: W, s, speed-up", "target", "auto pilot max (extrapolated)",
+               "iterations (model)", "same steps / state"], rows),
     ])
 
 

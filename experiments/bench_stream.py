@@ -208,13 +208,15 @@ def main(argv=None):
     ap.add_argument("--factors", type=float, nargs="*", default=None,
                     help=f"explicit windows tried, N mean/(k max) for these k (default {WINDOW_FACTORS})")
     ap.add_argument("--out", default=None, help="results folder (default experiments/results)")
-    ap.add_argument("--table", action="store_true", help="print the table from the results file and exit")
+    ap.add_argument("--table", action="store_true", help="print the table from the results file, redraw its figure, exit")
     args = ap.parse_args(argv)
     out_dir = results_dir(args.out)
     path = out_dir / ("bench_stream_smoke.json" if args.smoke else "bench_stream.json")
-    if args.table:
+    if args.table:  # the table (and the figure) from the results file
         rows = (read_json(path, {}) or {}).get("results", [])
         print(markdown_table(rows))
+        if rows:
+            figure(rows, path.with_suffix(".png"))
         return rows
     cases = args.cases or (["classical_tanh_400"] if args.smoke else list(CASES))
     dtypes = args.dtypes or (["float32"] if args.smoke else ["float32", "float64"])
@@ -252,9 +254,9 @@ def main(argv=None):
             print(json.dumps({k: v for k, v in row.items() if k not in ("seconds_all", "auto")}), flush=True)
     finally:
         jax.config.update("jax_enable_x64", old_x64)
-    if rows:
-        figure(rows, path.with_suffix(".png"))
-    print(markdown_table(rows))
+    if rows:  # every row of the results file (earlier runs' included)
+        figure(list(done.values()) if not args.smoke else rows, path.with_suffix(".png"))
+    print(markdown_table(list(done.values()) if not args.smoke else rows))
     return rows
 
 
