@@ -31,3 +31,12 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", old)
+
+
+def pytest_configure(config):
+    """Under ``pytest -n N`` schedule by ``xdist_group`` marks (``--dist loadgroup``): the
+    modules that mark themselves (their module-scoped fixtures start subprocesses, build
+    the docs site or run smoke studies) then run on one worker, so each fixture runs once.
+    Set here, not in ``addopts``, so ``-p no:xdist`` and plain ``pytest`` keep working."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
