@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, Float
 
 from .. import _checks as checks
 
@@ -61,6 +62,30 @@ def check_active(model: str, active, num_patterns: int) -> None:
         )
     if is_concrete(active) and getattr(active, "is_fully_addressable", True) and not bool(np.any(np.asarray(active))):
         raise ValueError(f"{model}: active marks no stored pattern as active; at least one must be.")
+
+
+def check_stored_patterns(model: str, patterns, active) -> None:
+    """A memory's stored ``patterns`` have shape ``(num_patterns, dim)`` and its ``active``
+    mask (``None`` or boolean) one entry per pattern; a ValueError naming ``model``."""
+    if patterns.ndim != 2:
+        raise ValueError(f"{model}: patterns must have shape (num_patterns, dim), got {tuple(patterns.shape)}.")
+    check_active(model, active, patterns.shape[0])
+
+
+class StoredPatterns(eqx.Module):
+    """A memory storing the rows of ``patterns``: its ``dim`` and ``num_patterns``."""
+
+    patterns: eqx.AbstractVar[Float[Array, "num_patterns dim"]]
+
+    @property
+    def dim(self) -> int:
+        """The dimension of a pattern (and of a query)."""
+        return self.patterns.shape[1]
+
+    @property
+    def num_patterns(self) -> int:
+        """The number of stored patterns."""
+        return self.patterns.shape[0]
 
 
 def check_positive(model: str, name: str, value, **kw):

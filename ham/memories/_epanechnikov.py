@@ -9,13 +9,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Scalar
 
 from .. import _checks as checks
-from ._common import as_active, as_patterns, check_active, per_state
-from ._one_layer import OneLayerMemory, squared_distances
+from ._common import as_active, as_patterns, per_state
+from ._one_layer import PatternOneLayerMemory, squared_distances
 
 __all__ = ["EpanechnikovMemory", "epanechnikov"]
 
 
-class EpanechnikovMemory(OneLayerMemory):
+class EpanechnikovMemory(PatternOneLayerMemory):
     r"""Log-sum-ReLU energy (Hoover et al. 2025, eq. 4)
 
     $$E(x) = -\beta^{-1}\log\Big(\varepsilon + \sum_\mu \mathrm{ReLU}\big(1 - \tfrac\beta2
@@ -64,31 +64,9 @@ class EpanechnikovMemory(OneLayerMemory):
     eps: float | Array = eqx.field(default=1e-6, converter=checks.positive_converter("epanechnikov", "eps"))
     active: Bool[Array, " num_patterns"] | None = None
 
-    def __check_init__(self):
-        if self.patterns.ndim != 2:
-            raise ValueError(
-                f"epanechnikov: patterns must have shape (num_patterns, dim), got {tuple(self.patterns.shape)}."
-            )
-        check_active("epanechnikov", self.active, self.patterns.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """The dimension of a pattern (and of a query)."""
-        return self.patterns.shape[1]
-
-    @property
-    def dtype(self):
-        """The floating dtype of states (the stored arrays\')."""
-        return self.patterns.dtype
-
     @property
     def _name(self) -> str:
         return "epanechnikov"
-
-    @property
-    def num_patterns(self) -> int:
-        """The number of stored patterns."""
-        return self.patterns.shape[0]
 
     @property
     def radius(self) -> float | Array:

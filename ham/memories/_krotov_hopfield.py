@@ -42,7 +42,7 @@ from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
-from ._common import as_patterns, as_queries, check_positive, per_state
+from ._common import StoredPatterns, as_patterns, as_queries, check_positive, per_state
 
 __all__ = ["LargeAssociativeMemory", "krotov_hopfield_2021"]
 
@@ -61,7 +61,7 @@ def exponential_interaction(h, beta=1.0):
     return beta * lagrangians.exponential(h, beta=beta)
 
 
-class LargeAssociativeMemory(eqx.Module):
+class LargeAssociativeMemory(StoredPatterns):
     r"""The visible + hidden model of Krotov & Hopfield 2021 (see the module docs).
 
     ``network`` is the HAM; ``relax`` runs it to a fixed point; ``retrieve`` returns the
@@ -79,16 +79,6 @@ class LargeAssociativeMemory(eqx.Module):
     def __check_init__(self):
         check_positive("krotov_hopfield_2021", "visible_tau", self.visible_tau)
         check_positive("krotov_hopfield_2021", "hidden_tau", self.hidden_tau)
-
-    @property
-    def dim(self) -> int:
-        """The dimension of a pattern (and of a query)."""
-        return self.patterns.shape[1]
-
-    @property
-    def num_patterns(self) -> int:
-        """The number of stored patterns."""
-        return self.patterns.shape[0]
 
     def make_network(self, hidden_tau: float | None = None, check_convexity: bool = False) -> HAM:
         """The two-layer [`ham.HAM`][]: visible ``"v"`` and hidden ``"h"`` layers with their

@@ -18,7 +18,8 @@ from ..solve import Solution, relax, with_default_solver
 from ..synapses import Dense
 from .. import _checks as checks
 from ._common import (
-    active_rows, as_active, as_patterns, as_queries, check_active, check_positive, fast_method, per_state,
+    StoredPatterns, active_rows, as_active, as_patterns, as_queries, check_active, check_positive,
+    check_stored_patterns, fast_method, per_state,
 )
 
 __all__ = ["ModernHopfield", "modern"]
@@ -52,7 +53,7 @@ def _retrieve(patterns, beta, queries, steps: int, active=None):
     return checks.finite_input_and_result("modern.retrieve", "queries", queries, out, _OVERFLOW)
 
 
-class ModernHopfield(eqx.Module):
+class ModernHopfield(StoredPatterns):
     r"""Modern continuous Hopfield network (Ramsauer et al. 2020).
 
     - update (eq. 3): $\xi \leftarrow \Xi^\top\mathrm{softmax}(\beta\,\Xi\xi)$, one step
@@ -75,20 +76,9 @@ class ModernHopfield(eqx.Module):
     active: Bool[Array, " num_patterns"] | None = None
 
     def __check_init__(self):
-        if self.patterns.ndim != 2:
-            raise ValueError(f"modern: patterns must have shape (num_patterns, dim), got {tuple(self.patterns.shape)}.")
+        check_stored_patterns("modern", self.patterns, None)
         check_positive("modern", "hidden_tau", self.hidden_tau)
         check_active("modern", self.active, self.patterns.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """The dimension of a pattern (and of a query)."""
-        return self.patterns.shape[1]
-
-    @property
-    def num_patterns(self) -> int:
-        """The number of stored patterns."""
-        return self.patterns.shape[0]
 
     @fast_method
     def retrieve(self, queries: Float[Array, "*batch dim"], steps: int = 1) -> Float[Array, "*batch dim"]:

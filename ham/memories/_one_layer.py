@@ -39,7 +39,9 @@ from .._stream import memory_relax
 from ..solve import Solution, relax, with_default_solver
 from ..synapses import Synapse
 from ..synapses._base import shape_error
-from ._common import as_active, as_patterns, as_queries, check_active, check_positive, per_state
+from ._common import (
+    StoredPatterns, as_active, as_patterns, as_queries, check_positive, check_stored_patterns, per_state,
+)
 
 __all__ = ["EnergySynapse", "OneLayerMemory", "LogSumExpMemory", "log_sum_exp", "squared_distances"]
 
@@ -160,7 +162,22 @@ def _relax_jit(net, xs0, kwargs):
     return relax(net, xs0, **kwargs)
 
 
-class LogSumExpMemory(OneLayerMemory):
+class PatternOneLayerMemory(StoredPatterns, OneLayerMemory):
+    """A one-layer memory storing the rows of ``patterns`` (``active`` masks padding rows
+    out): the checks and properties the log-sum-exp and Epanechnikov memories share."""
+
+    active: eqx.AbstractVar[Bool[Array, " num_patterns"] | None]
+
+    def __check_init__(self):
+        check_stored_patterns(self._name, self.patterns, self.active)
+
+    @property
+    def dtype(self):
+        """The floating dtype of states (the stored arrays\')."""
+        return self.patterns.dtype
+
+
+class LogSumExpMemory(PatternOneLayerMemory):
     r"""The exact L2 log-sum-exp Dense Associative Memory
     $E(x) = -\beta^{-1}\log\sum_\mu \exp(-\tfrac\beta2\|x - \xi_\mu\|^2)$.
 
@@ -179,29 +196,9 @@ class LogSumExpMemory(OneLayerMemory):
     beta: float | Array = eqx.field(default=1.0, converter=checks.positive_converter("log_sum_exp", "beta"))
     active: Bool[Array, " num_patterns"] | None = None
 
-    def __check_init__(self):
-        if self.patterns.ndim != 2:
-            raise ValueError(f"log_sum_exp: patterns must have shape (num_patterns, dim), got {tuple(self.patterns.shape)}.")
-        check_active("log_sum_exp", self.active, self.patterns.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """The dimension of a pattern (and of a query)."""
-        return self.patterns.shape[1]
-
-    @property
-    def dtype(self):
-        """The floating dtype of states (the stored arrays\')."""
-        return self.patterns.dtype
-
     @property
     def _name(self) -> str:
         return "log_sum_exp"
-
-    @property
-    def num_patterns(self) -> int:
-        """The number of stored patterns."""
-        return self.patterns.shape[0]
 
     def energy_of(self, x):
         """$E(x)$ of one unbatched state (the formula of the class docstring; no checks)."""
