@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ._io import Checkpoint, results_dir
+from ._io import Checkpoint, results_dir, run_grid  # noqa: F401  (run_grid: used by the studies as cap.run_grid)
 
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -55,30 +53,7 @@ class Outputs:
         return self.folder() / f"{self.name}{suffix_of(self.mode)}.{ext}"
 
     def checkpoint(self, config: dict, fresh: bool = False) -> Checkpoint:
-        ck = Checkpoint(self.path("checkpoint.json"), config=config)
-        if fresh:
-            ck.done = {}
-        return ck
-
-
-def run_grid(
-    keys: Sequence[str], compute: Callable[[str], Any], checkpoint: Checkpoint, desc: str, progress: bool = True
-) -> dict[str, Any]:
-    """Compute every grid point not yet in ``checkpoint`` (saved after each point, so an
-    interrupted run resumes there); returns ``key -> result`` for all ``keys``."""
-    from tqdm import tqdm
-
-    todo = [k for k in keys if k not in checkpoint]
-    bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        for k in todo:
-            bar.set_postfix_str(k)
-            checkpoint.put(k, compute(k))
-            bar.update(1)
-    finally:
-        bar.close()
-    return {k: checkpoint[k] for k in keys}
+        return Checkpoint(self.path("checkpoint.json"), config=config, fresh=fresh)
 
 
 def first_crossing(xs: Iterable[float], ys: Iterable[float], level: float, rising: bool = True) -> float | None:

@@ -6,7 +6,9 @@ import contextlib
 import csv
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +105,15 @@ def save_figure(fig, path) -> None:
 class Checkpoint:
     """A resumable store of finished grid points: ``key -> result`` in one JSON file,
     rewritten atomically after every point, so an interrupted run resumes where it
-    stopped and never recomputes a finished point."""
+    stopped and never recomputes a finished point (``fresh=True``: forget what is there)."""
 
-    def __init__(self, path, config: dict | None = None):
+    def __init__(self, path, config: dict | None = None, fresh: bool = False):
         self.path = Path(path)
         data = read_json(self.path, default=None)
         if data is not None and config is not None and data.get("config") != config:
             data = None  # a different configuration: start afresh
         self.config = config
-        self.done: dict[str, Any] = (data or {}).get("done", {})
+        self.done: dict[str, Any] = {} if fresh else (data or {}).get("done", {})
 
     def __contains__(self, key: str) -> bool:
         return key in self.done
@@ -122,3 +124,29 @@ class Checkpoint:
     def put(self, key: str, value: Any) -> None:
         self.done[key] = value
         write_json(self.path, {"config": self.config, "done": self.done})
+
+
+def run_grid(
+    keys: Sequence[str], compute: Callable[[str], Any], checkpoint: Checkpoint, desc: str, progress: bool = True
+) -> dict[str, Any]:
+    """Compute every grid point not yet in ``checkpoint`` (saved after each point, so an
+    interrupted run resumes there), with a tqdm bar; returns ``key -> result`` for all ``keys``."""
+    from tqdm import tqdm
+
+    todo = [k for k in keys if k not in checkpoint]
+    bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for k in todo:
+            bar.set_postfix_str(k)
+            checkpoint.put(k, compute(k))
+            bar.update(1)
+    finally:
+        bar.close()
+    return {k: checkpoint[k] for k in keys}
+
+
+def key_fields(key: str) -> dict[str, str]:
+    """The ``name=value`` fields of a grid key after its ``prefix:`` (if any):
+    ``"ham:fold=0,lr=0.01"`` -> ``{"fold": "0", "lr": "0.01"}``."""
+    return dict(p.split("=") for p in key.split(":")[-1].split(","))

@@ -48,7 +48,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 
 import jax
@@ -56,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._io import Checkpoint, results_dir, save_figure, write_csv, write_json
+from ._io import Checkpoint, key_fields, results_dir, run_grid, save_figure, write_csv, write_json
 
 NAME = "dam_classifier"
 NUM_LABELS = 10
@@ -300,19 +299,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def config_of(args) -> dict:
+def _mode_defaults(args, modes: dict) -> tuple[str, dict]:
+    """The run's mode and its defaults from ``modes``, with ``--degrees``, ``--epochs`` and
+    ``--memories`` applied."""
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    base = dict(MODES[mode])
+    base = dict(modes[mode])
     if args.degrees is not None:
         base["degrees"] = tuple(int(s) for s in args.degrees.split(",") if s.strip())
-    for name in ("seeds", "epochs"):
-        if getattr(args, name) is not None:
-            base[name] = getattr(args, name)
+    if args.epochs is not None:
+        base["epochs"] = args.epochs
     if args.memories is not None:
         base["num_memories"] = args.memories
-    bad = [n for n in base["degrees"] if n < 2]
-    if bad or not base["degrees"]:
-        raise ValueError(f"--degrees must list integers n >= 2, got {list(base['degrees'])}")
+    return mode, base
+
+
+def _check_degrees(degrees) -> None:
+    if not degrees or any(n < 2 for n in degrees):
+        raise ValueError(f"--degrees must list integers n >= 2, got {list(degrees)}")
+
+
+def config_of(args) -> dict:
+    mode, base = _mode_defaults(args, MODES)
+    if args.seeds is not None:
+        base["seeds"] = args.seeds
+    _check_degrees(base["degrees"])
     if base["seeds"] < 1 or base["epochs"] < 1 or base["num_memories"] < 1:
         raise ValueError(f"--seeds, --epochs and --memories must be >= 1, got {base['seeds']}, {base['epochs']}, "
                          f"{base['num_memories']}")
@@ -399,20 +409,28 @@ def nearest_neighbour_error(data) -> float:
     return float(np.mean(y_tr[nearest] != y_te))
 
 
-def figure(config: dict, summary: dict, cells: dict, path) -> None:
+def _error_by_degree(result: dict, ncols: int, figsize: tuple, label: str):
+    """A row of ``ncols`` axes, the first showing the test error (%) against the degree n
+    with its 95 % t-interval; returns ``(fig, axes, rows, ns, err)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    rows = result["per_degree"]
+    ns = np.array([r["n"] for r in rows], float)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    err = 100 * np.array([r["test_error"] for r in rows])
+    ci = 100 * np.nan_to_num([r["test_error_ci95"] for r in rows])
+    axes[0].errorbar(ns, err, yerr=ci, fmt="o-", capsize=4, color="C0", label=label)
+    return fig, axes, rows, ns, err
+
+
+def figure(config: dict, summary: dict, cells: dict, path) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    rows = summary["per_degree"]
-    ns = np.array([r["n"] for r in rows], float)
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    fig, axes, rows, ns, err = _error_by_degree(summary, 4, (20, 4.2), "test error (mean ± 95 % CI)")
     ax = axes[0]
-    err = np.array([r["test_error"] for r in rows]) * 100
-    ci = np.nan_to_num(np.array([r["test_error_ci95"] for r in rows]) * 100)
-    ax.errorbar(ns, err, yerr=ci, fmt="o-", capsize=4, color="C0", label="test error (mean ± 95 % CI)")
     for r in rows:
         es = [cells[f"n={r['n']},seed={s}"]["test_error"] * 100 for s in range(config["seeds"])]
         ax.plot([r["n"]] * len(es), es, ".", color="C0", alpha=0.35)
@@ -516,23 +534,14 @@ PAPER_MNIST = {"source": "Krotov & Hopfield 2016 (arXiv:1606.01164), MNIST; the 
 
 
 def fold_config(args) -> dict:
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    base = dict(FOLD_MODES[mode])
-    if args.degrees is not None:
-        base["degrees"] = tuple(int(s) for s in args.degrees.split(",") if s.strip())
-    if args.epochs is not None:
-        base["epochs"] = args.epochs
-    if args.memories is not None:
-        base["num_memories"] = args.memories
+    mode, base = _mode_defaults(args, FOLD_MODES)
     if args.folds is not None:
         base["folds"] = args.folds
     if args.temperatures is not None:
         base["temperatures"] = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
     if not base["temperatures"] or min(base["temperatures"]) <= 0:
         raise ValueError(f"--temperatures must list positive fractions of D + L, got {list(base['temperatures'])}")
-    bad = [n for n in base["degrees"] if n < 2]
-    if bad or not base["degrees"]:
-        raise ValueError(f"--degrees must list integers n >= 2, got {list(base['degrees'])}")
+    _check_degrees(base["degrees"])
     if base["folds"] < 2 or base["epochs"] < 1 or base["num_memories"] < 1:
         raise ValueError(f"--folds must be >= 2 and --epochs, --memories >= 1, got {base['folds']}, "
                          f"{base['epochs']}, {base['num_memories']}")
@@ -674,20 +683,10 @@ def fold_summary(config: dict, cells: dict, data) -> dict:
 
 
 def fold_figure(config: dict, result: dict, cells: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["per_degree"]
-    ns = np.array([r["n"] for r in rows], float)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    fig, axes, rows, ns, _ = _error_by_degree(result, 3, (17, 4.4), "DAM, pooled test error ± t-interval over folds")
     ax = axes[0]
-    err = 100 * np.array([r["test_error"] for r in rows])
     lo = 100 * np.array([r["test_error_wilson95"][0] for r in rows])
     hi = 100 * np.array([r["test_error_wilson95"][1] for r in rows])
-    ci = 100 * np.nan_to_num([r["test_error_ci95"] for r in rows])
-    ax.errorbar(ns, err, yerr=ci, fmt="o-", capsize=4, color="C0", label="DAM, pooled test error ± t-interval over folds")
     ax.fill_between(ns, lo, hi, color="C0", alpha=0.15, label="Wilson 95 % (test sampling)")
     names = {"nearest_neighbour_1": "1-NN", "logistic_regression": "logistic regression",
              "relu_network": f"ReLU net ({config['mlp_parameters']:,} params)"}
@@ -726,34 +725,23 @@ def fold_figure(config: dict, result: dict, cells: dict, path) -> None:
 
 
 def main_folds(args) -> dict:
-    from tqdm import tqdm
-
     config = json.loads(json.dumps(fold_config(args)))
     data = fold_data(config)
     suffix = {"full": "", "quick": "_quick", "smoke": "_smoke"}[config["mode"]]
     stem = results_dir(args.out) / f"{NAME}_{args.dataset}{suffix}"
-    ck = Checkpoint(f"{stem}.checkpoint.json", config=config)
-    if args.fresh:
-        ck.done = {}
+    ck = Checkpoint(f"{stem}.checkpoint.json", config=config, fresh=args.fresh)
     keys = [f"baselines:fold={k}" for k in range(config["folds"])] + [
         f"fold={k},n={n},T={T}" for k in range(config["folds"]) for n in config["degrees"] for T in config["temperatures"]]
     t0 = time.perf_counter()
-    bar = tqdm(total=len(keys), initial=sum(k in ck for k in keys), desc=f"dam classifier {args.dataset} ({config['mode']})",
-               disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for key in keys:
-            if key in ck:
-                continue
-            bar.set_postfix_str(key)
-            parts = dict(p.split("=") for p in key.split(":")[-1].split(","))
-            if key.startswith("baselines:"):
-                ck.put(key, baseline_cell(config, int(parts["fold"]), data))
-            else:
-                ck.put(key, fold_cell(config, int(parts["fold"]), int(parts["n"]), float(parts["T"]), data))
-            bar.update(1)
-    finally:
-        bar.close()
-    cells = {k: ck[k] for k in keys}
+
+    def compute(key):
+        parts = key_fields(key)
+        if key.startswith("baselines:"):
+            return baseline_cell(config, int(parts["fold"]), data)
+        return fold_cell(config, int(parts["fold"]), int(parts["n"]), float(parts["T"]), data)
+
+    cells = run_grid(keys, compute, ck, desc=f"dam classifier {args.dataset} ({config['mode']})",
+                     progress=not args.no_progress)
     summary = fold_summary(config, cells, data)
     chosen = {r["n"]: r["chosen_temperature_fraction"][0] for r in summary["per_degree"]}
     result = {"study": NAME, "paper": "Krotov & Hopfield 2016, Dense associative memory for pattern recognition "
@@ -814,24 +802,15 @@ def main(argv=None) -> dict:
     image_shape = data(0)[4]
     folder = results_dir(args.out)
     stem = folder / f"{NAME}{suffix}"
-    ck = Checkpoint(f"{stem}.checkpoint.json", config=config)
-    if args.fresh:
-        ck.done = {}
-    from tqdm import tqdm
-
-    cells = [(n, s) for n in config["degrees"] for s in range(config["seeds"])]
-    todo = [c for c in cells if f"n={c[0]},seed={c[1]}" not in ck]
+    ck = Checkpoint(f"{stem}.checkpoint.json", config=config, fresh=args.fresh)
+    params = {f"n={n},seed={s}": (n, s) for n in config["degrees"] for s in range(config["seeds"])}
     t0 = time.perf_counter()
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"dam classifier ({config['mode']})",
-               disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for n, s in todo:
-            bar.set_postfix_str(f"n={n},seed={s}")
-            ck.put(f"n={n},seed={s}", run_cell(config, n, s, data(s)))
-            bar.update(1)
-    finally:
-        bar.close()
-    done = {f"n={n},seed={s}": ck[f"n={n},seed={s}"] for n, s in cells}
+
+    def compute(key):
+        n, s = params[key]
+        return run_cell(config, n, s, data(s))
+
+    done = run_grid(list(params), compute, ck, desc=f"dam classifier ({config['mode']})", progress=not args.no_progress)
     result = {"study": NAME, "paper": "Krotov & Hopfield 2016, Dense associative memory for pattern recognition "
                                       "(arXiv:1606.01164)",
               "classifier": "one update of the label neurons from all-off (eq. 9), argmax over c_alpha",

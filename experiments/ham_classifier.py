@@ -62,7 +62,7 @@ import optax
 
 import ham
 
-from ._io import Checkpoint, results_dir, save_figure, write_json
+from ._io import Checkpoint, key_fields, results_dir, run_grid, save_figure, write_json
 
 NAME = "ham_classifier"
 NUM_LABELS = 10
@@ -713,34 +713,23 @@ def fold_figure(cfg: dict, result: dict, cells: dict, path) -> None:
 
 
 def main_folds(args) -> dict:
-    from tqdm import tqdm
-
     cfg = fold_config(args)
     data = fold_data(cfg)
     suffix = {"full": "", "quick": "_quick", "smoke": "_smoke"}[cfg["mode"]]
     stem = results_dir(args.out) / f"{NAME}_{args.dataset}{suffix}"
-    ck = Checkpoint(f"{stem}.checkpoint.json", config=cfg)
-    if args.fresh:
-        ck.done = {}
+    ck = Checkpoint(f"{stem}.checkpoint.json", config=cfg, fresh=args.fresh)
     keys = [key for k in range(cfg["folds"])
             for key in [f"ffn:fold={k}"] + [f"ham:fold={k},lr={r}" for r in cfg["learning_rates"]]]
     t0 = time.perf_counter()
-    bar = tqdm(total=len(keys), initial=sum(k in ck for k in keys), desc=f"ham classifier {args.dataset} ({cfg['mode']})",
-               disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for key in keys:
-            if key in ck:
-                continue
-            bar.set_postfix_str(key)
-            parts = dict(p.split("=") for p in key.split(":")[1].split(","))
-            if key.startswith("ffn:"):
-                ck.put(key, ffn_fold_cell(cfg, int(parts["fold"]), data))
-            else:
-                ck.put(key, ham_fold_cell(cfg, int(parts["fold"]), float(parts["lr"]), data))
-            bar.update(1)
-    finally:
-        bar.close()
-    cells = {k: ck[k] for k in keys}
+
+    def compute(key):
+        parts = key_fields(key)
+        if key.startswith("ffn:"):
+            return ffn_fold_cell(cfg, int(parts["fold"]), data)
+        return ham_fold_cell(cfg, int(parts["fold"]), float(parts["lr"]), data)
+
+    cells = run_grid(keys, compute, ck, desc=f"ham classifier {args.dataset} ({cfg['mode']})",
+                     progress=not args.no_progress)
     from ._baselines import fold_split
 
     result = {"study": NAME, "dataset": args.dataset, "config": cfg,
@@ -781,9 +770,7 @@ def main(argv=None) -> dict:
     data = load_split(0, cfg["train_subset"])
     folder = results_dir(args.out)
     stem = folder / f"{NAME}{suffix}"
-    ck = Checkpoint(f"{stem}.checkpoint.json", config=cfg)
-    if args.fresh:
-        ck.done = {}
+    ck = Checkpoint(f"{stem}.checkpoint.json", config=cfg, fresh=args.fresh)
     from tqdm import tqdm
 
     train_keys = [(m, s) for s in range(cfg["seeds"]) for m in cfg["train_methods"]]
