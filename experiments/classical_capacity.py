@@ -168,14 +168,8 @@ def figure(points: list[dict], summary: dict, path) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = cap.make_parser(NAME, __doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    mode = cap.mode_of(args)
-    grid = GRIDS[mode]
-    config = {"study": NAME, "mode": mode, "seed": args.seed, "error_level": ERROR_LEVEL,
-              "flip_fraction": FLIP_FRACTION, "max_sweeps": MAX_SWEEPS, **grid}
-    out = cap.Outputs(NAME, mode, args.results_dir)
-    ck = out.checkpoint(config, fresh=args.fresh)
+    args, mode, grid, config, out, ck = cap.start(NAME, __doc__, GRIDS, argv, lambda grid: {
+        "error_level": ERROR_LEVEL, "flip_fraction": FLIP_FRACTION, "max_sweeps": MAX_SWEEPS, **grid})
     keys = [f"N={N},alpha={a:.3f}" for N in grid["Ns"] for a in grid["alphas"]]
     params = {f"N={N},alpha={a:.3f}": (N, a) for N in grid["Ns"] for a in grid["alphas"]}
     done = cap.run_grid(

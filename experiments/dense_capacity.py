@@ -191,15 +191,10 @@ def figure(result: dict, path) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = cap.make_parser(NAME, __doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    mode = cap.mode_of(args)
-    grid = GRIDS[mode]
-    config = {"study": NAME, "mode": mode, "seed": args.seed, "level": LEVEL, "max_sweeps": MAX_SWEEPS,
-              "max_queries": MAX_QUERIES, "poly": {str(k): v for k, v in grid["poly"].items()},
-              "exp": grid["exp"], "patterns_per_point": grid["patterns_per_point"]}
-    out = cap.Outputs(NAME, mode, args.results_dir)
-    ck = out.checkpoint(config, fresh=args.fresh)
+    args, mode, grid, config, out, ck = cap.start(NAME, __doc__, GRIDS, argv, lambda grid: {
+        "level": LEVEL, "max_sweeps": MAX_SWEEPS, "max_queries": MAX_QUERIES,
+        "poly": {str(k): v for k, v in grid["poly"].items()}, "exp": grid["exp"],
+        "patterns_per_point": grid["patterns_per_point"]})
     from tqdm import tqdm
 
     jobs = [(str(n), N) for n, Ns in grid["poly"].items() for N in Ns] + [("exp", N) for N in grid["exp"]]
