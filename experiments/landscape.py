@@ -258,6 +258,17 @@ def continuous_patterns(seed: int, grid: dict) -> np.ndarray:
     return _equal_norm_patterns(np.random.default_rng([seed, 11]), grid["K"], grid["D"], math.sqrt(grid["D"]))
 
 
+def _timed_census(net, starts):
+    """``census`` of ``net`` from ``starts``, then ``classify`` of the points found, and the
+    seconds each took: ``(census, classification, census_s, classify_s)``."""
+    t0 = time.perf_counter()
+    c = L.census(net, starts)
+    t_census = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl = L.classify(net, c.points)
+    return c, cl, t_census, time.perf_counter() - t0
+
+
 def continuous_point(beta: float, seed: int, grid: dict) -> dict:
     rng = np.random.default_rng([seed, 11])
     k, d = grid["K"], grid["D"]
@@ -267,12 +278,7 @@ def continuous_point(beta: float, seed: int, grid: dict) -> dict:
     net = mem.network
     q = rng.standard_normal((grid["starts"], d)) * norm / math.sqrt(d) * 1.5
     starts = mem.init_states(jnp.asarray(q))
-    t0 = time.perf_counter()
-    c = L.census(net, starts)
-    t_census = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cl = L.classify(net, c.points)
-    t_classify = time.perf_counter() - t0
+    c, cl, t_census, t_classify = _timed_census(net, starts)
     minima = np.asarray(cl.index) == 0
     spread = np.asarray(L.attention_spread(mem, c.points["v"]))
     near = np.max(np.asarray(c.points["v"]) @ p.T / norm**2, axis=1)
@@ -468,12 +474,7 @@ def large_point(seed: int, grid: dict) -> dict:
     net = mem.network
     q = p[: grid["points"]] + 0.2 * rng.standard_normal((grid["points"], d))
     starts = mem.init_states(jnp.asarray(q, jnp.float32))
-    t0 = time.perf_counter()
-    c = L.census(net, starts)
-    t_census = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cl = L.classify(net, c.points)
-    t_classify = time.perf_counter() - t0
+    c, cl, t_census, t_classify = _timed_census(net, starts)
     return dict(state_size=d + k, points=int(c.num_points), minima=int(np.sum(np.asarray(cl.index) == 0)),
                 census_s=t_census, classify_s=t_classify)
 
