@@ -72,7 +72,7 @@ PILOT_QUERIES = 64  # at most this many queries relaxed (vmapped) to estimate th
 PILOT_FRACTION = 16  # and at most 1/16 of the batch (at least 16), so that the pilot stays a small cost
 AUTO_MIN_SPREAD = 1.5  # max/mean steps below this: a vmapped batch wastes under a third; vmapped
 AUTO_MIN_GAIN = 1.25  # predicted work ratio vmapped/streamed below this: vmapped
-TAIL_FRACTION = 0.5  # the tail (W slots for the slowest query's steps) at most this × the useful work
+TAIL_FRACTION = 0.25  # the tail (W slots for the slowest query's steps) at most this × the useful work
 
 
 def min_window(state_size: int) -> int:
@@ -90,9 +90,12 @@ def pick_window(n: int, state_size: int, mean_steps: float, max_steps: float) ->
     Streaming ``n`` queries through ``W`` slots costs about ``n·mean/W + max`` iterations
     of ``W`` slots, i.e. the useful work ``n·mean`` plus a tail of at most ``W·max`` slot
     steps (the slowest query finishing with the other slots idle); vmapped, it costs
-    ``n·max``. Keeping the tail within ``TAIL_FRACTION`` of the useful work,
-    ``W ≤ n·mean/(2·max)``, bounds the streamed cost by 1.5 × the useful work, a gain of
-    at least ``(max/mean)/1.5``; ``W`` is at least [`min_window`][] (per-iteration cost).
+    ``n·max``. Keeping the tail within ``TAIL_FRACTION`` = 1/4 of the useful work,
+    ``W = n·mean/(4·max)``, bounds the streamed cost by 1.25 × the useful work, a gain of
+    at least ``(max/mean)/1.25``, and leaves a margin for a pilot that underestimates the
+    slowest query (measured in ``bench_stream``: with W = n·mean/(2·max) from the pilot,
+    "auto" missed the target on modern float64 and the ET float32, its W twice the best);
+    ``W`` is at least [`min_window`][] (per-iteration cost).
     Vmapped when ``n < AUTO_MIN_QUERIES``, when ``max/mean < AUTO_MIN_SPREAD`` (the
     vmapped solve then wastes less than the stream's tail and loop cost) or when the
     predicted work ratio ``n·max / (n·mean + W·max)`` is below ``AUTO_MIN_GAIN``."""
@@ -110,8 +113,8 @@ def pick_window(n: int, state_size: int, mean_steps: float, max_steps: float) ->
 def pilot_indices(n: int, population: int | None = None) -> np.ndarray:
     """``clip(n // 16, 16, 64)`` query indices drawn without replacement (a fixed seed:
     the choice is deterministic), sorted; all of them when ``n`` is smaller. The pilot
-    costs about ``P · max`` slot steps against the stream's ``≈ 1.5 n · mean``: at most a
-    sixth of it for max/mean ≤ 4 once ``n ≥ 1024``. Drawn from ``population`` queries
+    costs about ``P · max`` slot steps against the stream's ``≈ 1.25 n · mean``: at most a
+    fifth of it for max/mean ≤ 4 once ``n ≥ 1024``. Drawn from ``population`` queries
     when given (sharded queries: the rule counts one device's ``n``, the pilot draws from
     all)."""
     population = n if population is None else population

@@ -354,12 +354,13 @@ def relax(
     ``window="auto"`` chooses: N < 256 queries are vmapped; otherwise a pilot of
     P = clip(N/16, 16, 64) queries (a fixed-seed random subset, relaxed vmapped) gives
     the mean steps and, its largest extrapolated to N draws
-    (mean + (pilot max − mean) ln N / ln P), the slowest; W = N · mean / (2 · max), at
+    (mean + (pilot max − mean) ln N / ln P), the slowest; W = N · mean / (4 · max), at
     least 8 (more for states under 512 numbers, so that a loop iteration has enough
     work). Sharded queries (a ``NamedSharding`` over the batch axis) stream per device
     (``shard_map``; the window and this rule per device), results sharded alike. Why: streaming costs the useful work
     N · mean plus a tail of at most W · max slot steps, vmapping N · max; this W keeps
-    the tail within half the useful work, a gain of at least (max/mean)/1.5. Vmapped
+    the tail within a quarter of the useful work, a gain of at least (max/mean)/1.25,
+    with a margin for a pilot that misses the rare slowest queries. Vmapped
     instead when max/mean < 1.5 or the predicted gain N·max / (N·mean + W·max) < 1.25.
     Under ``jit``/``grad`` (traced queries or network) no pilot can run and "auto" is
     the vmapped solve; pass an integer window there.

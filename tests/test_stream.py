@@ -239,16 +239,17 @@ def test_auto_window_rule_on_synthetic_pilots():
     pick = _stream.pick_window
     assert pick(200, 400, 10.0, 60.0) is None  # a small batch: vmapped
     assert pick(4096, 400, 10.0, 14.0) is None  # max/mean 1.4 < 1.5: vmapped
-    # the tail rule W = N mean / (2 max), the tail W max then half the useful work N mean
+    # the tail rule W = N mean / (4 max), the tail W max then a quarter of the useful work N mean
     w = pick(4096, 400, 10.0, 60.0)
-    assert w == int(4096 * 10 / 120) and w * 60.0 <= 0.5 * 4096 * 10
+    assert w == int(4096 * 10 / 240) and w * 60.0 <= 0.25 * 4096 * 10
     assert pick(4096, 400, 0.0, 0.0) is None  # every query at rest: nothing to stream
     # a small state raises the floor (W x state >= 4096 numbers, at most 128 slots)
     assert _stream.min_window(16) == 128 and _stream.min_window(400) == 11 and _stream.min_window(10**6) == 8
     assert pick(1000, 16, 10.0, 100.0) == 128
     # the floor makes the predicted gain N max / (N mean + W max) = 0.95 < 1.25: vmapped
     assert pick(300, 16, 10.0, 16.0) is None
-    assert pick(10**6, 64, 9.0, 44.0) == int(10**6 * 9 / 88)  # a window never exceeds N
+    assert pick(10**6, 64, 9.0, 44.0) == int(10**6 * 9 / 176)
+    assert pick(400, 10**4, 10.0, 16.0) == 62  # N mean/(4 max) = 62.5
 
 
 def test_auto_extrapolates_the_pilot_maximum_to_the_batch():
@@ -290,7 +291,7 @@ def test_auto_streams_a_heterogeneous_batch_with_per_query_results_of_vmap(x64):
     assert steps.max() >= 1.5 * steps.mean()
     # the rule on the pilot's numbers, and its tail bound against the whole batch's
     assert w.stats["window"] == _stream.pick_window(300, 64, info["pilot_mean_steps"], info["estimated_max_steps"])
-    tail_rule = int(300 * max(info["pilot_mean_steps"], 1) / (2 * info["estimated_max_steps"]))
+    tail_rule = int(300 * max(info["pilot_mean_steps"], 1) / (4 * info["estimated_max_steps"]))
     assert w.stats["window"] == max(tail_rule, _stream.min_window(64))
     assert info["estimated_max_steps"] >= info["pilot_max_steps"]
     _assert_same_per_query(ref, got, jnp.float64)
