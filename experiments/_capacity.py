@@ -12,7 +12,6 @@ import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -57,27 +56,16 @@ class Outputs:
         return Checkpoint(self.path("checkpoint.json"), config=config, fresh=fresh)
 
 
-class Study(NamedTuple):
-    """A capacity study's run: parsed ``args``, ``mode``, its ``grid``, the ``config``
-    recorded with the results, the ``out`` paths and the checkpoint ``ck``."""
-
-    args: argparse.Namespace
-    mode: str
-    grid: dict
-    config: dict
-    out: Outputs
-    ck: Checkpoint
-
-
-def start(name: str, doc: str, grids: dict, argv, config_of: Callable[[dict], dict]) -> Study:
-    """Parse ``argv`` (the standard options of ``make_parser``), pick ``grids[mode]`` and open the
-    checkpoint under ``config = {"study", "mode", "seed", **config_of(grid)}``."""
+def start(name: str, doc: str, grids: dict, argv, config_of: Callable[[dict], dict]) -> tuple:
+    """Parse ``argv`` (the standard options of ``make_parser``), pick ``grid = grids[mode]``, and
+    open the checkpoint under ``config = {"study", "mode", "seed", **config_of(grid)}``:
+    returns ``(args, mode, grid, config, outputs, checkpoint)``."""
     args = make_parser(name, doc.split("\n\n")[0]).parse_args(argv)
     mode = mode_of(args)
     grid = grids[mode]
     config = {"study": name, "mode": mode, "seed": args.seed, **config_of(grid)}
     out = Outputs(name, mode, args.results_dir)
-    return Study(args, mode, grid, config, out, out.checkpoint(config, fresh=args.fresh))
+    return args, mode, grid, config, out, out.checkpoint(config, fresh=args.fresh)
 
 
 def first_crossing(xs: Iterable[float], ys: Iterable[float], level: float, rising: bool = True) -> float | None:
