@@ -64,7 +64,8 @@ def _relax():
     r = _load("bench_relax.json")
     if r is None:
         return None
-    two = [x for x in r["results"] if not x["case"].startswith(("classical", "conv", "et_"))]
+    two = [x for x in r["results"]
+           if not x.get("single_time_scale", x["case"].startswith(("classical", "conv_image", "et_")))]
     if not two:
         return None
     ev = [x["evals_ratio_vs_euler"] for x in two]

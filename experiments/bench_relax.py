@@ -12,9 +12,9 @@ Run: ``python -m experiments.bench_relax`` (``--quick``: fewer queries and repea
 How work is counted (``Solution.num_evaluations``): one evaluation = the forces on
 every layer (the vector field) once. Euler: one per step, plus the initial one.
 ``ExponentialEuler``: per attempted step (rejected ones included) the full field with the
-energy at the end of the step (one ``value_and_grad``) plus, for a Gauss–Seidel sweep over
-L moving layers, L − 1 single-layer forces counted 1/L each; plus the initial field and
-the final residual check. ``Tsit5``: 6 stages per attempted step (FSAL), 1 for the
+energy at the end of the step (one ``value_and_grad``, whose speeds also give the final
+residual) plus, for a Gauss–Seidel sweep over L moving layers, L − 1 single-layer forces
+counted 1/L each; plus the initial field (shared by the energy monitor and the solver). ``Tsit5``: 6 stages per attempted step (FSAL), 1 for the
 steady-state event and 1 for the energy per accepted step, the initial field and the
 final check. For a batch the counts are those of the slowest query (every query of a
 vmapped solve runs until the last one stops, as Euler's batch does).
@@ -27,6 +27,16 @@ steady state. ``same_fixed_point``: the fraction of queries whose final state is
 (|x_A − x*_A| ≤ FP_FACTOR (event_atol + event_rtol |x*_A|)); ``same_retrieval``: the
 fraction whose retrieved memory (nearest stored pattern, or argmax of the memory layer)
 equals the reference's.
+
+Targets (``meets_target`` per row): on single-time-scale nets (every finite τ equal:
+``classical_tanh_400``, ``conv_image``, ``et_legendre``) Euler at dt = τ is the network's
+synchronous discrete update, so ``wall_ratio_vs_discrete_update`` = relax seconds / Euler
+seconds must be ≤ ``TARGET_SINGLE_TIME_SCALE`` (1.25), with the energy never rising and
+``same_fixed_point`` no lower than Euler's (``same_fixed_point_as_euler``: the fraction of
+queries where relax and Euler end within ``FP_FACTOR`` × the tolerance of each other); on
+two-time-scale nets (the modern, dense, KH2021 and ``conv_fast_memory``, the
+convolutional memory with τ_memory = 0.1) ≥ 5× fewer evaluations and ≥ 3× less wall-clock
+than Euler at dt = min τ. Each row records the 1-minute load average before and after.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -52,7 +63,13 @@ from experiments._io import read_json, results_dir, save_figure, write_json
 FP_FACTOR = 10.0
 MIN_BLOCK_S = 0.2
 CASE_NAMES = ("modern_1000x64", "modern_10000x128", "classical_tanh_400", "dense_n3", "kh2021_model_A",
-              "conv_image", "et_legendre")
+              "conv_image", "conv_fast_memory", "et_legendre")
+# Targets (issue 20): on single-time-scale nets (every finite tau equal) Euler at dt = tau is
+# the network's synchronous discrete update, so relax must cost at most this much of its
+# wall-clock, reach the same fixed point and match the reference no worse; on two-time-scale
+# nets, at least this many times fewer evaluations and less wall-clock than Euler at dt = min tau.
+TARGET_SINGLE_TIME_SCALE = 1.25
+TARGET_EVALS_RATIO, TARGET_SPEEDUP = 5.0, 3.0
 
 
 @dataclasses.dataclass
@@ -105,12 +122,15 @@ def build(name: str, dtype, batch: int, key) -> Case:
             q = jnp.arctanh(jnp.clip(q, -0.95, 0.95))
         xs0 = mem.init_states(q.astype(dtype))
         return Case(name, mem.network, xs0, _nearest(p))
-    if name == "conv_image":
+    if name in ("conv_image", "conv_fast_memory"):
         from experiments.data import load_dataset
 
         d = load_dataset("digits")
         imgs = jnp.asarray(d.flat()[:64].reshape(-1, 8, 8, 1), dtype)
-        mem = ham.memories.convolutional(imgs, key=k1, num_features=4, beta=4.0)
+        # conv_fast_memory: the same net with a fast memory layer (tau_memory = 0.1), a
+        # two-time-scale image net
+        tau_memory = 0.1 if name == "conv_fast_memory" else 1.0
+        mem = ham.memories.convolutional(imgs, key=k1, num_features=4, beta=4.0, tau_memory=tau_memory)
         q = imgs[jnp.arange(batch) % 64] + 0.2 * jax.random.normal(k2, (batch, 8, 8, 1), dtype)
         return Case(name, mem.network, mem.initial_state(q), _nearest(imgs, layer="pixels"))
     if name == "et_legendre":
@@ -159,6 +179,13 @@ def batch_as_one(net: ham.HAM, batch: int) -> ham.HAM:
 # ----------------------------------------------------------------------------- methods
 def _min_tau(net):
     return min(float(jnp.min(jnp.asarray(layer.tau))) for layer in net.layers.values())
+
+
+def single_time_scale(net) -> bool:
+    """Every finite tau equal: Euler at dt = tau is then the synchronous discrete update."""
+    taus = np.concatenate([np.ravel(np.asarray(layer.tau, np.float64)) for layer in net.layers.values()])
+    taus = taus[np.isfinite(taus)]
+    return bool(taus.size and np.all(taus == taus[0]))
 
 
 def _per_layer_ok(net, xs, dx, rtol, atol):
@@ -248,8 +275,9 @@ def run_case(name, dtype, batch, repeats, seed=0):
     case = build(name, dtype, batch, jax.random.PRNGKey(seed))
     tol = ham.default_tolerances(dtype)
     ms = methods(case, tol)
-    out = {"case": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "min_tau": _min_tau(case.net)}
-    first, times, res = {}, {m: [] for m in ms}, {}
+    out = {"case": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "min_tau": _min_tau(case.net),
+           "repeats": repeats, "load_1min_start": os.getloadavg()[0]}
+    first, times, cpu, res = {}, {m: [] for m in ms}, {m: [] for m in ms}, {}
     for m, fn in ms.items():  # first call = compile + one run
         t0 = time.perf_counter()
         res[m] = jax.block_until_ready(fn())
@@ -263,10 +291,11 @@ def run_case(name, dtype, batch, repeats, seed=0):
         inner[m] = max(1, math.ceil(MIN_BLOCK_S / max(time.perf_counter() - t0, 1e-6)))
     for _ in range(repeats):  # interleaved so all methods see the same machine load
         for m, fn in ms.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(inner[m]):
                 jax.block_until_ready(fn()[0])
             times[m].append((time.perf_counter() - t0) / inner[m])
+            cpu[m].append((time.process_time() - c0) / inner[m])
     ref_net, ref = reference(case)
     ref_ok = bool(jnp.all(ref.converged))
     for m in ms:
@@ -277,6 +306,9 @@ def run_case(name, dtype, batch, repeats, seed=0):
         out[f"{key}evals"] = float(evals)
         out[f"{key}steps"] = int(steps)
         out[f"{key}seconds"] = sec
+        # CPU time of this process (all its threads): less sensitive than wall-clock to the
+        # other processes sharing the cores
+        out[f"{key}cpu_seconds"] = statistics.median(cpu[m])
         out[f"{key}compile_s"] = max(first[m] - sec, 0.0)
         out[f"{key}converged"] = bool(conv)
         out[f"{key}same_fixed_point"] = same_fp
@@ -291,8 +323,26 @@ def run_case(name, dtype, batch, repeats, seed=0):
                 out["lyapunov_error"] = str(e)
             out["mean_steps"] = float(jnp.mean(sol.num_steps))
     out["reference_converged"] = ref_ok
+    out["load_1min_end"] = os.getloadavg()[0]  # the shared machine's load (`uptime`) around the timings
     out["evals_ratio_vs_euler"] = out["euler_evals"] / out["evals"]
     out["speedup_vs_euler"] = out["euler_seconds"] / out["seconds"]
+    out["single_time_scale"] = single_time_scale(case.net)
+    # relax's final states against the Euler loop's (the discrete update on single-time-scale
+    # nets): the fraction of queries within FP_FACTOR x the steady-state tolerance of each other
+    euler_states = {k: jnp.asarray(v, jnp.float64) for k, v in res["euler"][0].items()}
+    out["same_fixed_point_as_euler"], _, _ = compare(case, res["relax"][0], ref_net, euler_states, tol)
+    if out["single_time_scale"]:
+        out["wall_ratio_vs_discrete_update"] = out["seconds"] / out["euler_seconds"]
+        out["cpu_ratio_vs_discrete_update"] = out["cpu_seconds"] / out["euler_cpu_seconds"]
+        out["target_single_time_scale"] = TARGET_SINGLE_TIME_SCALE
+        sound = out["energy_never_rose"] and out["converged"] and out["same_fixed_point"] >= out["euler_same_fixed_point"]
+        out["meets_target"] = bool(out["wall_ratio_vs_discrete_update"] <= TARGET_SINGLE_TIME_SCALE and sound)
+        out["meets_target_cpu_time"] = bool(out["cpu_ratio_vs_discrete_update"] <= TARGET_SINGLE_TIME_SCALE and sound)
+    else:
+        out["target_evals_ratio"], out["target_speedup"] = TARGET_EVALS_RATIO, TARGET_SPEEDUP
+        out["meets_target"] = bool(
+            out["evals_ratio_vs_euler"] >= TARGET_EVALS_RATIO and out["speedup_vs_euler"] >= TARGET_SPEEDUP
+            and out["energy_never_rose"] and out["converged"])
     out["speedup_vs_tsit5"] = out["tsit5_seconds"] / out["seconds"]
     # vmap overhead: seconds per evaluation of the per-query (vmapped) solve over those of
     # the same solver on the batch as one ODE (whose single step size and batch-level stop
@@ -365,15 +415,24 @@ def figure(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels = [f"{r['case']}\n{r['dtype']}" for r in rows]
     xs = np.arange(len(rows))
+    single = [bool(r.get("single_time_scale", False)) for r in rows]
     for ax, field, title in ((axes[0], "evals_ratio_vs_euler", "Euler evaluations / ham.relax evaluations"),
                              (axes[1], "speedup_vs_euler", "Euler seconds / ham.relax seconds")):
-        ax.bar(xs, [r[field] for r in rows], color="tab:blue")
-        ax.axhline(5.0 if "evals" in field else 3.0, color="tab:red", ls="--", lw=1, label="target")
+        ax.bar(xs, [r[field] for r in rows], color=["tab:orange" if s else "tab:blue" for s in single])
+        # per-row targets: two-time-scale >= 5x evaluations / >= 3x wall; single-time-scale
+        # (orange: Euler at dt = tau is the discrete update) wall >= 1/1.25 of the update's speed
+        for i, s in enumerate(single):
+            target = (None if "evals" in field else 1.0 / TARGET_SINGLE_TIME_SCALE) if s else (
+                TARGET_EVALS_RATIO if "evals" in field else TARGET_SPEEDUP)
+            if target is not None:
+                ax.plot([i - 0.4, i + 0.4], [target, target], color="tab:red", lw=1.5,
+                        label="target" if i == 0 or (s and not single[0] and i == single.index(True)) else None)
+        ax.set_yscale("log")
         ax.set_xticks(xs, labels, rotation=70, fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"ham.relax (ExponentialEuler) vs fixed-step Euler at dt = min τ — {platform.processor() or 'CPU'}",
-                 fontsize=9)
+    fig.suptitle(f"ham.relax (ExponentialEuler) vs fixed-step Euler at dt = min τ (orange: single time scale, "
+                 f"Euler = the discrete update) — {platform.processor() or 'CPU'}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -408,17 +467,28 @@ def compile_times(cases, dtypes, batch) -> list[dict]:
     return rows
 
 
+def target_text(r) -> str:
+    """The row's target and whether it is met (rows measured before the targets: "–")."""
+    if "meets_target" not in r:
+        return "–"
+    mark = "met" if r["meets_target"] else "NOT met"
+    if r.get("single_time_scale"):
+        return f"≤ {r['target_single_time_scale']:g}× the discrete update: {r['wall_ratio_vs_discrete_update']:.2f}×, {mark}"
+    return f"≥ {r['target_evals_ratio']:g}× evals, ≥ {r['target_speedup']:g}× wall: {mark}"
+
+
 def markdown_table(rows) -> str:
     """The README table, from result rows."""
     head = ("| case | dtype | ham.relax evals (steps) | Euler dt=min τ evals | evals ratio | ham.relax s | Euler s "
-            "| speed-up | Tsit5 evals | same fixed point / retrieval | energy never rose | compile s |")
-    lines = [head, "|" + "---|" * 12]
+            "| speed-up | Tsit5 evals | same fixed point / retrieval | energy never rose | target | compile s |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['dtype']} | {r['evals']:.0f} ({r['steps']}) | {r['euler_evals']:.0f} "
             f"| {r['evals_ratio_vs_euler']:.1f}× | {r['seconds']:.3f} | {r['euler_seconds']:.3f} "
             f"| {r['speedup_vs_euler']:.1f}× | {r['tsit5_evals']:.0f} | {r['same_fixed_point']:.2f} / "
-            f"{r['same_retrieval']:.2f} | {'yes' if r['energy_never_rose'] else 'NO'} | {r['compile_s']:.1f} |"
+            f"{r['same_retrieval']:.2f} | {'yes' if r['energy_never_rose'] else 'NO'} | {target_text(r)} "
+            f"| {r['compile_s']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -525,8 +525,8 @@ def _run(net, xs, cfg):
     st = out["status"]
     code = jnp.where(~finite | ~jnp.isfinite(res), 2,
                      jnp.where(st == _EVENT, 0, jnp.where(st == _MAXED, 1, 3))).astype(jnp.int32)
-    # the vmapped count less the second start evaluation and the final residual check
-    evals = _count_evaluations(net, solver, nsteps, out["natt"]) - 2.0
+    # the vmapped solve's count (one start evaluation; the residual read from the monitor)
+    evals = _count_evaluations(net, solver, nsteps, out["natt"])
     return (out["x"], energies, times, nsteps, code, res, evals), (carry["iterations"], carry["refills"])
 
 

@@ -113,10 +113,15 @@ def evaluate(net, xs):
     return energy, dx, {k: _norm(v) for k, v in dx.items()}, scale
 
 
+def start_distance(speed) -> dict[str, Array]:
+    """``Monitored.distance`` before any step: 0 for a layer at rest, else unknown (inf)."""
+    return {k: jnp.where(v == 0, 0.0, jnp.inf).astype(v.dtype) for k, v in speed.items()}
+
+
 def monitored(net, xs) -> Monitored:
+    """The ``Monitored`` state of ``xs`` (one evaluation)."""
     energy, _, speed, scale = evaluate(net, xs)
-    inf = {k: jnp.where(v == 0, 0.0, jnp.inf).astype(v.dtype) for k, v in speed.items()}
-    return Monitored(xs, energy, speed, scale, inf)
+    return Monitored(xs, energy, speed, scale, start_distance(speed))
 
 
 def _distance(h, net, speed0, speed1, moving) -> dict[str, Array]:

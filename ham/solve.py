@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ import optimistix.internal as optxi
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks as checks
-from .integrator import ExponentialEuler, Monitored, _is_clamped, monitored, monitored_vector_field, sweep_order
+from .integrator import (ExponentialEuler, Monitored, _is_clamped, evaluate, monitored, monitored_vector_field,
+                         start_distance, sweep_order)
 from .network import HAM
 
 __all__ = ["Solution", "relax", "descend", "default_tolerances"]
@@ -163,13 +165,24 @@ def _at_fixed_point(y: Monitored, rtol, atol):
     return small & (near | settled)
 
 
-def _solve(inputs):
-    """One unbatched diffrax solve; returns (final state, (trace, stats))."""
+def _solve(inputs, share_start: bool = False):
+    r"""One unbatched diffrax solve; returns (final state, (trace, stats, residual)).
+
+    With ``ExponentialEuler`` the final residual $\|\dot x\|$ is read from the final
+    ``Monitored`` state (its per-layer speeds), not evaluated again; with
+    ``share_start`` (the primal of the implicit adjoint, never differentiated: diffrax
+    refuses a passed solver state under differentiation) one evaluation at ``xs0``
+    gives both the monitor and the solver's first force."""
     net, xs0, static = inputs
     (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint) = static.value
     t0, dt0 = _start_times(net, dt0, solver, jnp.result_type(*jax.tree_util.tree_leaves(xs0)))
+    solver_state = None
     if isinstance(solver, ExponentialEuler):
-        y0 = monitored(net, xs0)
+        if share_start and type(solver).init is ExponentialEuler.init:
+            e0, solver_state, speed0, scale0 = evaluate(net, xs0)
+            y0 = Monitored(xs0, e0, speed0, scale0, start_distance(speed0))
+        else:
+            y0 = monitored(net, xs0)
         energy = lambda t, y, args: y.energy  # noqa: E731
         cond = lambda t, y, args, **kw: _at_fixed_point(y, event_rtol, event_atol)  # noqa: E731
         final_of = lambda y: y.x  # noqa: E731
@@ -188,19 +201,54 @@ def _solve(inputs):
     sol = diffrax.diffeqsolve(
         term, solver, t0=t0, t1=t1, dt0=dt0, y0=y0, args=net, saveat=saveat,
         stepsize_controller=controller, event=diffrax.Event(cond), max_steps=max_steps, throw=False,
-        adjoint=adjoint,
+        adjoint=adjoint, solver_state=solver_state,
     )
     final = jax.tree_util.tree_map(lambda y: y[-1], final_of(sol.ys[0]))
+    if isinstance(solver, ExponentialEuler):  # the monitor holds |dx_A/dt| of the final state
+        speed = jax.tree_util.tree_map(lambda s: s[-1], sol.ys[0].speed)
+        residual = jnp.sqrt(sum(jnp.square(s) for s in speed.values()))
+    else:
+        residual = _tree_norm(net.vector_field(0.0, final))
     stats = (sol.stats["num_accepted_steps"], sol.stats["num_steps"])
-    return final, (sol.ys[1], sol.ts[1], stats, sol.result)
+    return final, (sol.ys[1], sol.ts[1], stats, sol.result, residual)
+
+
+def _solve_primal(inputs):
+    """``_solve`` as the implicit adjoint's primal (not differentiated: one start evaluation)."""
+    return _solve(inputs, share_start=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FirstStep:
+    """The default first step of ``ExponentialEuler`` with ``t1 = inf``: ``dtmax`` on a
+    single-time-scale net, the smallest tau otherwise (resolved by ``_start_times``)."""
+
+    dtmax: float
+
+
+def _first_step(net: HAM, dtmax: float):
+    """``dtmax`` where every moving layer has a leak and all finite taus are equal (see
+    [`single_time_scale`][]; decided on the values, so that a net whose taus are traced
+    under ``jit`` starts as the concrete one does), else the smallest tau."""
+    moving = [layer for layer in net.layers.values() if not _is_clamped(layer)]
+    if not moving or not all(layer.legendre for layer in moving):
+        return _min_tau(net)
+    taus = jnp.concatenate([jnp.ravel(jnp.asarray(layer.tau)) for layer in moving])
+    finite = jnp.isfinite(taus)
+    lo = jnp.min(jnp.where(finite, taus, jnp.inf))
+    hi = jnp.max(jnp.where(finite, taus, -jnp.inf))
+    return jnp.where(lo == hi, jnp.asarray(dtmax, lo.dtype), _min_tau(net))
 
 
 def _start_times(net, dt0, solver, dtype):
     """``(t0, dt0)`` in the state ``dtype``: diffrax takes its time dtype from them and
     promotes the states to it, so a float64 time (a Python-float tau under x64) would run
     a float32 solve in float64. ``dt0`` defaults to the smallest tau for
-    ``ExponentialEuler`` (``None``: diffrax's own first-step choice for other solvers)."""
-    if isinstance(solver, ExponentialEuler) and dt0 is None:
+    ``ExponentialEuler`` (``None``: diffrax's own first-step choice for other solvers), or
+    to ``dtmax`` on a single-time-scale net when ``t1`` is infinite (``_FirstStep``)."""
+    if isinstance(dt0, _FirstStep):
+        dt0 = _first_step(net, dt0.dtmax)
+    elif isinstance(solver, ExponentialEuler) and dt0 is None:
         dt0 = _min_tau(net)
     return jnp.zeros((), dtype), (None if dt0 is None else jnp.asarray(dt0).astype(dtype))
 
@@ -262,6 +310,24 @@ def _monitored_rms(y):
     leaves = jax.tree_util.tree_leaves(y.x)
     total = sum(jnp.sum(jnp.square(v)) for v in leaves)
     return jnp.sqrt(total / sum(v.size for v in leaves))
+
+
+def single_time_scale(net: HAM) -> bool:
+    """True when every moving layer has the same concrete, finite τ and a leak
+    (``legendre``): there the largest step of [`ham.ExponentialEuler`][] is the
+    network's own synchronous discrete update (each layer set to its input, in sweep
+    order), the step that Euler at dt = τ takes, so [`ham.relax`][] starts with it
+    instead of growing from dt0 = τ (which took more steps than the update and, on the
+    Energy Transformer, ended at other fixed points for 6–12 % of queries)."""
+    try:
+        taus = [np.ravel(np.asarray(layer.tau)) for layer in net.layers.values()]
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+        return False
+    moving = [(t, layer) for t, layer in zip(taus, net.layers.values()) if not np.all(np.isinf(t))]
+    if not moving or not all(layer.legendre for _, layer in moving):
+        return False
+    values = np.concatenate([t for t, _ in moving])
+    return bool(np.all(np.isfinite(values)) and np.all(values == values[0]))
 
 
 def _max_finite_tau(net: HAM) -> float:
@@ -344,12 +410,10 @@ def relax(
     the cost is about ``N · mean steps / W + max steps`` steps of ``W`` slots rather than
     ``N × max steps``. Each query's result is the one the vmapped solve gives (the same
     ``num_steps``, ``converged`` and ``reason``; in float32 a stop may move by a step or
-    two with round-off); ``num_evaluations`` is two less per query (one start evaluation
-    serves the monitor and the solver, the final residual is read from the monitor). Default solver
-    only; gradients by the implicit function theorem only. ``trace=False`` (with a
-    window) keeps only the start and the end of each energy trace (``energies``/``times``
-    of length 2), so memory does not grow with ``max_steps`` × queries. See
-    ``ham/_stream.py``.
+    two with round-off), ``num_evaluations`` too. Default solver only; gradients by the
+    implicit function theorem only. ``trace=False`` (with a window) keeps only the start
+    and the end of each energy trace (``energies``/``times`` of length 2), so memory
+    does not grow with ``max_steps`` × queries. See ``ham/_stream.py``.
 
     ``window="auto"`` chooses: N < 256 queries are vmapped; otherwise a pilot of
     P = clip(N/16, 16, 64) queries (a fixed-seed random subset, relaxed vmapped) gives
@@ -392,6 +456,8 @@ def relax(
     if isinstance(solver, ExponentialEuler):
         if dtmax is None:  # beyond ~10 tau the step is the discrete update; the cap only bounds t
             dtmax = 100.0 * _max_finite_tau(net)
+        if dt0 is None and not math.isfinite(t1):  # dtmax on single-time-scale nets, else min tau
+            dt0 = _FirstStep(dtmax)
         controller = _exponential_controller(rtol, atol, factormax, dtmax)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_tree_norm)
@@ -417,16 +483,15 @@ def _relax(net, xs0, static, adjoint, batch):
     def one(x0):
         inputs = (net, x0, static)
         if implicit:
-            final, aux = optxi.implicit_jvp(_solve, _rewrite, inputs, adjoint.tags, adjoint.linear_solver)
+            final, aux = optxi.implicit_jvp(_solve_primal, _rewrite, inputs, adjoint.tags, adjoint.linear_solver)
         else:
             final, aux = _solve(inputs)
-        energies, times, (nsteps, nattempted), result = aux
+        energies, times, (nsteps, nattempted), result, res = aux
         n = nsteps.astype(jnp.int32)
         idx = jnp.arange(energies.shape[0])
         valid = idx <= n
         energies = jnp.where(valid, energies, energies[n])
         times = jnp.where(valid, times, times[n])
-        res = _tree_norm(net.vector_field(0.0, final))
         evals = _count_evaluations(net, static.value[0], nsteps, nattempted)
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(final)]))
         event = result == diffrax.RESULTS.event_occurred
@@ -444,14 +509,16 @@ def _relax(net, xs0, static, adjoint, batch):
 
 
 def _count_evaluations(net, solver, accepted, attempted):
-    """Vector-field evaluations of one solve (the final residual check included)."""
+    """Vector-field evaluations of one solve (for solvers other than ``ExponentialEuler``,
+    the final residual check included)."""
     attempted = attempted.astype(jnp.float32)
     accepted = accepted.astype(jnp.float32)
     if isinstance(solver, ExponentialEuler):
         moving = sum(1 for layer in net.layers.values() if not _is_clamped(layer)) or 1
-        # initial energy + field, then per attempted step the layers after the first
-        # of the sweep (one layer each) and the full field (with the energy) at its end
-        return 2.0 + attempted * (1.0 + (moving - 1) / len(net.layers)) + 1.0
+        # the initial energy + field (one evaluation serves the monitor and the solver),
+        # then per attempted step the layers after the first of the sweep (one layer each)
+        # and the full field (with the energy) at its end, whose speeds are the residual
+        return 1.0 + attempted * (1.0 + (moving - 1) / len(net.layers))
     if isinstance(solver, diffrax.AbstractRungeKutta):
         stages = len(solver.tableau.c) + 1
         fsal = bool(solver.tableau.fsal)

@@ -222,7 +222,70 @@ def test_bench_relax_smoke(tmp_path):
     for field in ("case", "evals", "euler_evals", "seconds", "euler_seconds", "same_fixed_point", "compile_s"):
         assert field in row
     assert row["converged"] and row["energy_never_rose"] and row["same_retrieval"] == 1.0
+    # a two-time-scale net, judged by the >= 5x evaluations / >= 3x wall-clock targets
+    assert row["single_time_scale"] is False and row["target_evals_ratio"] == 5.0 and "meets_target" in row
+    assert 0.0 <= row["same_fixed_point_as_euler"] <= 1.0 and row["load_1min_start"] >= 0.0
     assert (tmp_path / "bench_relax_smoke.json").exists() and (tmp_path / "bench_relax_smoke.png").exists()
+
+
+def test_bench_single_time_scale_cases_are_judged_against_the_discrete_update():
+    from experiments import bench_relax
+
+    key = jax.random.PRNGKey(0)
+    for name, single in (("classical_tanh_400", True), ("conv_image", True), ("conv_fast_memory", False),
+                         ("modern_1000x64", False)):
+        case = bench_relax.build(name, jnp.float32, 2, key)
+        assert bench_relax.single_time_scale(case.net) is single, name
+        assert ham.solve.single_time_scale(case.net) is single, name
+    # the fast memory layer: tau 0.1 against 1 for the pixels and features
+    net = bench_relax.build("conv_fast_memory", jnp.float32, 2, key).net
+    assert float(net.layers["memory"].tau) == pytest.approx(0.1) and float(net.layers["pixels"].tau) == 1.0
+
+
+def _classical_net(n=32, k=3, batch=5, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    p = jnp.where(jax.random.bernoulli(k1, 0.5, (k, n)), 1.0, -1.0)
+    q = p[jnp.arange(batch) % k] * jnp.where(jax.random.bernoulli(k2, 0.2, (batch, n)), -1.0, 1.0)
+    return ham.memories.classical(p).make_network(beta=4.0), {"v": 0.5 * q}
+
+
+def test_single_time_scale_net_starts_with_its_discrete_update(x64):
+    # every tau equal: the first step is the largest (dtmax = 100 tau), the network's own
+    # synchronous update x <- N(x) = x + tau dx/dt (what Euler at dt = tau takes), accepted
+    # here because it lowers the energy
+    net, xs = _classical_net()
+    assert ham.solve.single_time_scale(net)
+    one = ham.relax(net, xs, max_steps=1)
+    update = {k: xs[k] + net.layers[k].tau * v for k, v in net.vector_field(0.0, xs).items()}
+    e0, e1 = net.energy(xs), net.energy(update)
+    assert bool(jnp.all(e1 < e0))
+    assert np.all(np.asarray(one.num_steps) == 1)
+    np.testing.assert_allclose(np.asarray(one.times)[:, 1], 100.0)
+    np.testing.assert_allclose(one.states["v"], update["v"], rtol=1e-10, atol=1e-12)
+    # under jit, with the taus traced (a network argument), the same start: the same states
+    jitted = eqx.filter_jit(lambda n, x: ham.relax(n, x))(eqx.tree_at(lambda n: n.layers["v"].tau, net,
+                                                                       jnp.asarray(1.0)), xs)
+    np.testing.assert_allclose(jitted.states["v"], ham.relax(net, xs).states["v"], rtol=1e-10, atol=1e-12)
+    # a two-time-scale net keeps the cautious first step dt0 = min tau
+    mem, _, q = _modern(batch=2)
+    assert not ham.solve.single_time_scale(mem.network)
+    two = ham.relax(mem.network, mem.init_states(q), max_steps=1)
+    np.testing.assert_allclose(np.asarray(two.times)[:, 1], float(mem.network.layers["h"].tau))
+
+
+def test_residual_is_read_from_the_monitor_and_evaluations_are_counted_once(x64):
+    # the final residual |dx/dt| is the monitor's (no extra evaluation), equal to the field's
+    # norm at the final state; one start evaluation + one per attempted step (one layer)
+    net, xs = _classical_net(batch=4)
+    sol = ham.relax(net, xs)
+    assert bool(jnp.all(sol.converged)), sol.reason
+    field = net.vector_field(0.0, sol.states)["v"]
+    np.testing.assert_allclose(sol.residual, jnp.linalg.norm(field, axis=-1), rtol=1e-9, atol=1e-14)
+    assert np.all(np.asarray(sol.num_evaluations) >= 1.0 + np.asarray(sol.num_steps))  # rejected steps count too
+    np.testing.assert_allclose(ham.relax(net, xs, max_steps=1).num_evaluations, 2.0)  # start + one step
+    rk = ham.relax(net, xs, solver=diffrax.Tsit5())
+    np.testing.assert_allclose(rk.residual, jnp.linalg.norm(net.vector_field(0.0, rk.states)["v"], axis=-1),
+                               rtol=1e-9, atol=1e-14)
 
 
 def test_bench_relax_fidelity_smoke(tmp_path):

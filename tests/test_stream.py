@@ -80,8 +80,8 @@ def test_streamed_equals_vmapped_per_query_float64(x64, name):
     np.testing.assert_allclose(np.asarray(got.energies), np.asarray(ref.energies), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(np.asarray(got.times), np.asarray(ref.times), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(got.residual), np.asarray(ref.residual), rtol=1e-6, atol=1e-12)
-    # work: two evaluations fewer per query (one shared start evaluation, no final check)
-    np.testing.assert_allclose(np.asarray(got.num_evaluations), np.asarray(ref.num_evaluations) - 2.0)
+    # work: the vmapped solve's (both: one start evaluation, the residual read from the monitor)
+    np.testing.assert_allclose(np.asarray(got.num_evaluations), np.asarray(ref.num_evaluations))
 
 
 # float32: modern in the default suite, the other two (about 1 min of compiles) marked slow
@@ -140,8 +140,8 @@ def test_iterations_scale_with_mean_steps_not_with_slowest(x64):
     w = _stream.Window(W)
     got = ham.relax(net, start, window=w)
     _assert_same_per_query(ref, got, jnp.float64)
-    # one moving layer: evaluations = 3 + attempted steps in the vmapped count
-    attempted = np.asarray(ref.num_evaluations) - 3.0
+    # one moving layer: evaluations = 1 + attempted steps in the vmapped count
+    attempted = np.asarray(ref.num_evaluations) - 1.0
     bound = N * attempted.mean() / W + attempted.max()
     vmapped_cost = N / W * attempted.max()
     assert attempted.max() > 2 * attempted.mean()  # a heterogeneous set
