@@ -494,9 +494,9 @@ def bench_relax() -> str:
                      f"{x['speedup_vs_tsit5']:.0f}×" if "speedup_vs_tsit5" in x else "–", fixed_point(x),
                      {True: "yes", False: "NO"}.get(x.get("energy_never_rose"), "–"), target(x)])
     loads = [x[k] for x in r["results"] for k in ("load_1min_start", "load_1min_end") if k in x]
-    load = f" Load average (1 min) during the run: {min(loads):.1f}–{max(loads):.1f} on 2 cores." if loads else ""
+    load_note = f" Load average (1 min) during the run: {min(loads):.1f}–{max(loads):.1f} on 2 cores." if loads else ""
     return "\n\n".join([
-        f"Device `{r.get('device', '?')}`, JAX {r.get('jax', '?')}.{load} Vector-field evaluations / wall-clock per "
+        f"Device `{r.get('device', '?')}`, JAX {r.get('jax', '?')}.{load_note} Vector-field evaluations / wall-clock per "
         "solve of the batch (the slowest query's evaluations; wall-clock the median of interleaved blocks). "
         "Single-time-scale nets (`classical_tanh_400`, `conv_image`, `et_legendre`: every τ equal) are judged "
         "against the fixed-step Euler loop at dt = τ, which there *is* the network's synchronous discrete update; "
