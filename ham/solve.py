@@ -175,7 +175,11 @@ def _solve(inputs, share_start: bool = False):
     gives both the monitor and the solver's first force."""
     net, xs0, static = inputs
     (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint) = static.value
-    t0, dt0 = _start_times(net, dt0, solver, jnp.result_type(*jax.tree_util.tree_leaves(xs0)))
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(xs0))
+    t0, dt0 = _start_times(net, dt0, solver, dtype)
+    # diffrax promotes every state to the time dtype; promote here, so a start evaluation
+    # passed in as the solver state (share_start) has the dtypes of the states it steps
+    xs0 = jax.tree_util.tree_map(lambda a: a.astype(dtype), xs0)
     solver_state = None
     if isinstance(solver, ExponentialEuler):
         if share_start and type(solver).init is ExponentialEuler.init:

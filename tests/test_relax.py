@@ -304,3 +304,23 @@ def test_optimistix_private_implicit_jvp_keeps_its_signature():
 
     params = list(inspect.signature(optxi.implicit_jvp).parameters)
     assert params == ["fn_primal", "fn_rewrite", "inputs", "tags", "linear_solver"], params
+
+
+def test_mixed_dtype_states_relax_under_the_implicit_adjoint_in_the_common_dtype(x64):
+    """A float32 clamped input beside float64 free layers: the implicit adjoint's primal
+    shares its start evaluation with the solver, so that evaluation must be made on the
+    states diffrax steps (promoted to the common dtype), not on the float32 input (the
+    while loop refused a float32 solver state for a float64 layer)."""
+    L = ham.lagrangians
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    net = ham.HAM(
+        layers={"v": ham.Layer(L.identity, (3,), tau=jnp.inf), "h": ham.Layer(L.tanh, (4,), tau=1.0)},
+        synapses={"w": ham.synapses.Dense(jax.random.normal(k1, (3, 4), dtype=jnp.float64))},
+        connections={"w": ("v", "h")},
+    )
+    xs0 = {"v": jax.random.normal(k2, (3,), dtype=jnp.float32), "h": jnp.zeros(4, jnp.float64)}
+    implicit = ham.relax(net, xs0, adjoint=diffrax.ImplicitAdjoint())
+    plain = ham.relax(net, xs0)
+    assert bool(implicit.converged) and bool(plain.converged)
+    assert implicit.states["h"].dtype == jnp.float64
+    chex.assert_trees_all_close(implicit.states, plain.states, rtol=0, atol=0)
