@@ -40,3 +40,10 @@ def pytest_configure(config):
     Set here, not in ``addopts``, so ``-p no:xdist`` and plain ``pytest`` keep working."""
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Grouped modules first (a stable sort keeps the order within each part): a group runs
+    on one worker as one unit, so scheduling the long units first keeps both workers busy
+    to the end instead of leaving one idle behind a late group."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)

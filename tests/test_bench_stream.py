@@ -10,6 +10,7 @@ from experiments import bench_stream
 pytestmark = pytest.mark.xdist_group("bench_stream")
 
 
+@pytest.mark.slow  # the benchmark script (~15 s); tests/test_stream.py covers streaming itself
 def test_bench_stream_smoke_writes_rows_table_and_figure(tmp_path):
     rows = bench_stream.main(["--smoke", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench_stream_smoke.json").read_text())

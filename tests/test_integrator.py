@@ -288,6 +288,7 @@ def test_residual_is_read_from_the_monitor_and_evaluations_are_counted_once(x64)
                                rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.slow  # the fidelity study's script (~25 s); test_bench_relax_smoke keeps bench_relax in the default suite
 def test_bench_relax_fidelity_smoke(tmp_path):
     from experiments import bench_relax
 

@@ -97,4 +97,6 @@ def test_constructor_and_first_retrieval_add_no_pattern_sized_memory(dtype):
     assert m["finite"]
     pb = m["pattern_bytes"]  # 512 MB float32, 256 MB bfloat16
     assert m["constructor_peak"] < 0.05 * pb, m
-    assert m["call_peak"] < 0.1 * pb and m["resident"] < 0.1 * pb, m
+    # the first call at this K compiles its program (about 20-30 MB of RSS whatever K is:
+    # 0.11x the bfloat16 patterns once in CI); a pattern-sized copy, as before, is >= 0.5x
+    assert m["call_peak"] < 0.25 * pb and m["resident"] < 0.25 * pb, m
