@@ -194,6 +194,8 @@ def _modern_loss(x, q, adjoint):
     return jnp.sum(jnp.tanh(sol.states["v"]))
 
 
+@pytest.mark.slow  # 23 s under -n 2; the default suite proves the same (implicit = unrolled = finite
+# differences with the default solver) in test_relax.py::test_implicit_gradient_agrees_with_unrolled_and_finite_differences
 def test_implicit_gradient_on_modern_net_with_new_default(x64):
     mem, x, q = _modern(batch=3)
     g_imp = jax.grad(_modern_loss)(x, q, diffrax.ImplicitAdjoint())
