@@ -172,14 +172,6 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict]:
     return w, info
 
 
-def summary_trace(sol):
-    """A vmapped ``Solution`` with its trace cut to the start and the end (what
-    ``trace=False`` gives when ``window="auto"`` chose the vmapped solve)."""
-    n = sol.num_steps[..., None]
-    pick = lambda a: jnp.concatenate([a[..., :1], jnp.take_along_axis(a, n, axis=-1)], axis=-1)  # noqa: E731
-    return dataclasses.replace(sol, energies=pick(sol.energies), times=pick(sol.times))
-
-
 def check_window(window, solver, adjoint) -> tuple[int, int | None]:
     """``(size, chunk)`` of a ``window`` argument of ``ham.relax``, or a clear error."""
     chunk = None
@@ -235,8 +227,7 @@ def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solu
         if holder is not None:
             holder.stats = {"auto": info, "window": size}
         if size is None:  # the vmapped solve (small batch, narrow spread, or traced inputs)
-            sol = _relax(net, xs0, static, adjoint, batch)
-            return sol if trace else summary_trace(sol)
+            return _relax(net, xs0, static if trace else type(static)(static.value + (False,)), adjoint, batch)
         window = Window(size, None if holder is None else holder.chunk)
     size, chunk = check_window(window, static.value[0], adjoint)
     if n == 0:

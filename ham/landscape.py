@@ -303,7 +303,8 @@ def _ham_census(owner, net: HAM, xs, tol, chunk, relax_kwargs):
     for lo in range(0, s_total, size):
         block = {k: _pad(v[lo:lo + size], size) for k, v in xs.items()}
         n_real = min(size, s_total - lo)
-        sol = relax(net, block, **default_window(relax_kwargs, size))  # a large chunk is streamed
+        # a large chunk is streamed; only the end states are read (no trace buffers)
+        sol = relax(net, block, **default_window({"trace": False, **relax_kwargs}, size))
         conv = np.asarray(sol.converged)[:n_real]
         fin = {k: v[:n_real] for k, v in sol.states.items()}
         converged[lo:lo + n_real] = conv

@@ -159,6 +159,19 @@ def test_summary_trace_keeps_start_and_end(x64):
     np.testing.assert_allclose(np.asarray(got.energies), np.stack([e[:, 0], e[np.arange(N), n]], 1), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(got.times), np.stack([t[:, 0], t[np.arange(N), n]], 1), rtol=1e-12)
     _assert_same_per_query(ref, got, jnp.float64)
+    # the vmapped solve keeps the same summary (no max_steps-long buffers), the same solve
+    vm = ham.relax(net, xs, trace=False)
+    assert vm.energies.shape == (N, 2) and vm.times.shape == (N, 2)
+    np.testing.assert_array_equal(np.asarray(vm.energies), np.stack([e[:, 0], e[np.arange(N), n]], 1))
+    np.testing.assert_array_equal(np.asarray(vm.times), np.stack([t[:, 0], t[np.arange(N), n]], 1))
+    _assert_same_per_query(ref, vm, jnp.float64)
+    np.testing.assert_array_equal(np.asarray(vm.states["v"]), np.asarray(ref.states["v"]))
+    # mask and trace() read the summary like a trace: the start, and the end if a step was taken
+    assert np.all(np.asarray(vm.mask)[:, 0]) and np.array_equal(np.asarray(vm.mask)[:, 1], n >= 1)
+    i = int(np.argmax(n))
+    np.testing.assert_array_equal(vm.trace((i,))[1], np.asarray(vm.energies)[i])
+    with pytest.raises(TypeError, match="trace must be True"):
+        ham.relax(net, xs, trace="summary")
 
 
 def test_batch_shape_jit_and_finite_t1(x64):
@@ -210,8 +223,9 @@ def test_bad_window_arguments_are_refused():
         ham.relax(net, xs, window=4, solver=diffrax.Tsit5())
     with pytest.raises(ValueError, match="implicit function theorem only; got adjoint=RecursiveCheckpointAdjoint"):
         ham.relax(net, xs, window=4, adjoint=diffrax.RecursiveCheckpointAdjoint())
-    with pytest.raises(ValueError, match="trace=False .* needs a streamed solve"):
-        ham.relax(net, xs, trace=False)
+    # trace=False works with or without a window (test_summary_trace_keeps_start_and_end); not a bool is refused
+    with pytest.raises(TypeError, match="trace must be True .* or False"):
+        ham.relax(net, xs, window=4, trace=1)
     with pytest.raises(ValueError, match="at least one query"):
         ham.relax(net, {"v": xs["v"][:0]}, window=4)
 

@@ -275,7 +275,7 @@ class ClassicalHopfield(_BinaryMemory):
     def retrieve_continuous(self, queries, beta=None, **relax_kwargs) -> Float[Array, "*batch dim"]:
         r"""The activations $\tanh(\beta x^*)$ at the fixed point of the continuous dynamics."""
         net = self.make_network(beta)
-        sol = self.relax(queries, beta, **relax_kwargs)
+        sol = self.relax(queries, beta, **{"trace": False, **relax_kwargs})  # the states only: no trace buffers
         return net.activations(sol.states)["v"]
 
 

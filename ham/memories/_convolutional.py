@@ -173,7 +173,7 @@ class ConvolutionalMemory(eqx.Module):
         """Relax from (corrupted) ``images`` to a fixed point and return the pixel layer's
         activation there; batched over leading axes, jit-compatible (``eqx.filter_jit``).
         ``mask`` (``True`` = observed pixel) marks missing pixels, which start at $x = 0$."""
-        sol = self.relax(images, mask, **relax_options)
+        sol = self.relax(images, mask, **{"trace": False, **relax_options})  # the states only: no trace buffers
         out = self.network._vmap(self.network._activations, sol.states)["pixels"]
         return checks.finite_result(
             "convolutional.retrieve", out, "the dynamics overflowed; lower beta or kernel_norm (<= 1 keeps the "

@@ -145,7 +145,7 @@ class LargeAssociativeMemory(StoredPatterns):
 
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """Visible activations $g_v$ at the fixed point reached from ``queries``."""
-        sol = self.relax(queries, **relax_kwargs)
+        sol = self.relax(queries, **{"trace": False, **relax_kwargs})  # the states only: no trace buffers
         g = jax.vmap(self._gv)(sol.states["v"]) if sol.states["v"].ndim == 2 else self._gv(sol.states["v"])
         return checks.finite_result("krotov_hopfield_2021.retrieve", g, _OVERFLOW)
 

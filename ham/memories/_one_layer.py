@@ -154,7 +154,7 @@ class OneLayerMemory(eqx.Module):
     def retrieve(self, queries: Float[Array, "*batch dim"], **relax_kwargs) -> Float[Array, "*batch dim"]:
         """The local minimum each query relaxes to (``relax(queries).states["x"]``), the
         same shape as ``queries``: ``(dim,)`` or ``(batch, dim)``."""
-        return self.relax(queries, **relax_kwargs).states["x"]
+        return self.relax(queries, **{"trace": False, **relax_kwargs}).states["x"]  # no trace buffers
 
 
 @eqx.filter_jit
