@@ -25,7 +25,8 @@ stepped with the solver's own ``step`` and the controller's own ``adapt_step_siz
 Refills come in fixed-size chunks: once ``chunk`` slots are free (fewer when fewer
 queries remain), the next ``chunk`` queries are gathered (repeatedly, while a whole chunk
 of slots is free), their start evaluated (one
-vector-field evaluation gives the ``Monitored`` state and the solver's first force), and
+vector-field evaluation gives the ``Monitored`` state and the solver's first force, on at
+least ``START_BATCH`` rows so that XLA compiles it as it does the vmapped solve's), and
 scattered into the free slots. A finished slot's result (its final state, counters and
 reason) is scattered to the query's row of the output; its residual is the one the
 ``Monitored`` state already holds (no extra evaluation).
@@ -59,6 +60,10 @@ class Window:
     size: int | str
     chunk: int | None = None
     stats: dict | None = None
+
+
+#: The fewest rows a refill's start evaluation runs on (see ``_run``'s ``load``).
+START_BATCH = 16
 
 
 def default_chunk(window: int) -> int:
@@ -405,9 +410,14 @@ def _run(net, xs, cfg):
         free = slot["query"] >= n
         idx = jnp.nonzero(free, size=k, fill_value=size)[0].astype(jnp.int32)
         idx = jnp.where(valid, idx, size)
-        qc = jnp.minimum(q, n - 1)
+        # the start evaluation runs on at least START_BATCH rows (the extra ones repeat the
+        # last query and are dropped): XLA:CPU compiles a batch of 4 ET queries to other
+        # kernels than the vmapped solve's, whose last-bit differences grew to 4-step
+        # differences in float32 (11 % of 256 queries); from 8 rows on the steps agree
+        kk = max(k, START_BATCH)
+        qc = jnp.minimum(nxt + jnp.arange(kk, dtype=jnp.int32), n - 1)
         x = {name: v[qc] for name, v in xs.items()}
-        y, ss, cs, tp, tn, st = jax.vmap(start)(x)
+        y, ss, cs, tp, tn, st = jax.tree_util.tree_map(lambda a: a[:k], jax.vmap(start)(x))
         new = dict(y=y, sstate=ss, cstate=cs, tprev=jnp.broadcast_to(tp, (k,)), tnext=tn, status=st,
                    nacc=jnp.zeros((k,), jnp.int32), natt=jnp.zeros((k,), jnp.int32), query=q)
         slot = jax.tree_util.tree_map(lambda a, b: put(a, idx, b), slot, new)
