@@ -210,10 +210,10 @@ def _nondiff(tree):
     return jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, tree)
 
 
-def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solution":  # noqa: F821
-    """Entry from [`ham.relax`][] (arguments already checked): stream, then restore the
-    batch shape; with the implicit adjoint, the final states get their derivative from
-    the fixed-point condition, query by query."""
+def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
+    """Entry from [`ham.relax`][] (arguments already checked; ``static.value[8]`` is its
+    ``trace``): stream, then restore the batch shape; with the implicit adjoint, the final
+    states get their derivative from the fixed-point condition, query by query."""
     from .solve import Solution, _relax
 
     holder = window if isinstance(window, Window) else None
@@ -232,7 +232,7 @@ def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solu
         if holder is not None:
             holder.stats = {"auto": info, "window": size}
         if size is None:  # the vmapped solve (small batch, narrow spread, or traced inputs)
-            return _relax(net, xs0, static if trace else type(static)(static.value + (False,)), adjoint, batch)
+            return _relax(net, xs0, static, adjoint, batch)
         window = Window(size, None if holder is None else holder.chunk)
     size, chunk = check_window(window, static.value[0], adjoint)
     if n == 0:
@@ -242,7 +242,7 @@ def relax(net, xs0, static, adjoint, batch, window, trace: bool = True) -> "Solu
     per_device = n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded else n
     size = min(size, per_device)
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
-    cfg = _Config(tuple(static.value[:7]) + (size, chunk, bool(trace)))
+    cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8]))
     if sharded:
         out, stats = _run_sharded(net, xs, cfg, sharded[0], sharded[1])
         if holder is not None:
@@ -414,8 +414,7 @@ def _run(net, xs, cfg):
         # last query and are dropped): XLA:CPU compiles a batch of 4 ET queries to other
         # kernels than the vmapped solve's, whose last-bit differences grew to 4-step
         # differences in float32 (11 % of 256 queries); from 8 rows on the steps agree
-        kk = max(k, START_BATCH)
-        qc = jnp.minimum(nxt + jnp.arange(kk, dtype=jnp.int32), n - 1)
+        qc = jnp.minimum(nxt + jnp.arange(max(k, START_BATCH), dtype=jnp.int32), n - 1)
         x = {name: v[qc] for name, v in xs.items()}
         y, ss, cs, tp, tn, st = jax.tree_util.tree_map(lambda a: a[:k], jax.vmap(start)(x))
         new = dict(y=y, sstate=ss, cstate=cs, tprev=jnp.broadcast_to(tp, (k,)), tnext=tn, status=st,

@@ -174,8 +174,7 @@ def _solve(inputs, share_start: bool = False):
     refuses a passed solver state under differentiation) one evaluation at ``xs0``
     gives both the monitor and the solver's first force."""
     net, xs0, static = inputs
-    (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint) = static.value[:8]
-    trace = static.value[8] if len(static.value) > 8 else True
+    (solver, controller, event_rtol, event_atol, max_steps, t1, dt0, adjoint, trace) = static.value
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(xs0))
     t0, dt0 = _start_times(net, dt0, solver, dtype)
     # diffrax promotes every state to the time dtype; promote here, so a start evaluation
@@ -480,12 +479,12 @@ def relax(
     if not isinstance(trace, (bool, np.bool_)):
         raise TypeError(f"ham.relax: trace must be True (the energy at every accepted step) or False (only the "
                         f"start and the end), got {trace!r}.")
-    value = (solver, controller, event_rtol, event_atol, int(max_steps), t1, dt0, inner_adjoint)
+    static = _static((solver, controller, event_rtol, event_atol, int(max_steps), t1, dt0, inner_adjoint, bool(trace)))
     if window is not None:
         from . import _stream
 
-        return _stream.relax(net, xs0, _static(value), adjoint, batch, window, bool(trace))
-    return _relax(net, xs0, _static(value + (() if trace else (False,))), adjoint, batch)
+        return _stream.relax(net, xs0, static, adjoint, batch, window)
+    return _relax(net, xs0, static, adjoint, batch)
 
 
 _IMPLICIT = diffrax.ImplicitAdjoint()  # the defaults, built once (a module costs more than a small solve's dispatch)
@@ -518,7 +517,7 @@ def _relax(net, xs0, static, adjoint, batch):
             final, aux = _solve(inputs)
         energies, times, (nsteps, nattempted), result, res = aux
         n = nsteps.astype(jnp.int32)
-        if len(static.value) <= 8 or static.value[8]:  # the full trace: entries past n repeat the last
+        if static.value[8]:  # the full trace: entries past n repeat the last
             idx = jnp.arange(energies.shape[0])
             valid = idx <= n
             energies = jnp.where(valid, energies, energies[n])
