@@ -78,6 +78,7 @@ PILOT_FRACTION = 16  # and at most 1/16 of the batch (at least 16), so that the 
 AUTO_MIN_SPREAD = 1.5  # max/mean steps below this: a vmapped batch wastes under a third; vmapped
 AUTO_MIN_GAIN = 1.25  # predicted work ratio vmapped/streamed below this: vmapped
 TAIL_FRACTION = 0.25  # the tail (W slots for the slowest query's steps) at most this × the useful work
+PILOT_WINDOW_FRACTION = 4  # the pilot streams its P queries through P/4 slots (at least 8)
 
 
 def min_window(state_size: int) -> int:
@@ -145,14 +146,25 @@ def _concrete(tree) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(tree))
 
 
-def auto_window(net, xs0, static, batch) -> tuple[int | None, dict]:
-    """Resolve ``window="auto"`` (see [`pick_window`][]): relax a pilot subset of the
-    queries (vmapped, no gradient), read its mean ``num_steps`` and extrapolate its
-    largest to the whole batch ([`estimate_max`][]). Returns
-    ``(window or None, info)``. Traced queries or network (under ``jit``/``grad``) cannot
-    run a pilot: the solve is then vmapped (``info["reason"]`` says so)."""
-    from .solve import _relax
+def pilot_window(p: int) -> int:
+    """Slots of the streamed pilot run on ``p`` queries: a quarter of them, at least 8
+    (all of them when fewer)."""
+    return min(p, max(p // PILOT_WINDOW_FRACTION, 8))
 
+
+def auto_window(net, xs0, static, batch) -> tuple[int | None, dict, tuple | None]:
+    """Resolve ``window="auto"`` (see [`pick_window`][]): relax a pilot subset of the
+    queries (streamed through [`pilot_window`][] slots, no gradient), read its mean
+    ``num_steps`` and extrapolate its largest to the whole batch ([`estimate_max`][]).
+    Returns ``(window or None, info, pilot)``, ``pilot = (indices, outputs of _run)``:
+    its queries' results are final (per query those of the vmapped solve), so the caller
+    streams only the others; ``None`` when no pilot ran or the queries are sharded.
+
+    The pilot is streamed rather than vmapped because a vmapped pilot pays its slowest
+    query on every pilot query: on the Energy Transformer bench case (max/mean 6.9) a
+    vmapped 64-query pilot cost about a third of the whole stream's work. Traced queries
+    or network (under ``jit``/``grad``) cannot run a pilot: the solve is then vmapped
+    (``info["reason"]`` says so)."""
     n = math.prod(batch)
     state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
     info = {"queries": n, "state_size": state_size}
@@ -162,19 +174,21 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict]:
         n = n // devices
         info = dict(info, devices=devices, queries_per_device=n)
     if n < AUTO_MIN_QUERIES:
-        return None, dict(info, reason=f"fewer than {AUTO_MIN_QUERIES} queries" + (" per device" if sharded else ""))
+        return None, dict(info, reason=f"fewer than {AUTO_MIN_QUERIES} queries" + (" per device" if sharded else "")), None
     if not (_concrete(xs0) and _concrete(net)):
-        return None, dict(info, reason="traced inputs: no pilot run under jit/grad")
+        return None, dict(info, reason="traced inputs: no pilot run under jit/grad"), None
     idx = pilot_indices(n, math.prod(batch))
     sub = {k: jnp.reshape(v, (math.prod(batch), *net.layers[k].shape))[idx] for k, v in xs0.items()}
-    pilot = _relax(_nondiff(net), _nondiff(sub), static, static.value[7], (len(idx),))
-    steps = np.asarray(pilot.num_steps)
+    wp = pilot_window(len(idx))
+    cfg = _Config(tuple(static.value[:7]) + (wp, default_chunk(wp), static.value[8]))
+    out, (iterations, _) = _run(net, sub, cfg)
+    steps = np.asarray(out[3])
     mean, peak = float(steps.mean()), estimate_max(steps, n, static.value[4])
     w = pick_window(n, state_size, mean, peak)
-    info = dict(info, pilot_queries=len(idx), pilot_mean_steps=mean, pilot_max_steps=int(steps.max()),
-                estimated_max_steps=peak, window=w,
+    info = dict(info, pilot_queries=len(idx), pilot_window=wp, pilot_iterations=int(iterations),
+                pilot_mean_steps=mean, pilot_max_steps=int(steps.max()), estimated_max_steps=peak, window=w,
                 reason="streamed" if w is not None else "max/mean or predicted gain too small")
-    return w, info
+    return w, info, (None if sharded else (idx, out))
 
 
 def check_window(window, solver, adjoint) -> tuple[int, int | None]:
@@ -214,7 +228,7 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     """Entry from [`ham.relax`][] (arguments already checked; ``static.value[8]`` is its
     ``trace``): stream, then restore the batch shape; with the implicit adjoint, the final
     states get their derivative from the fixed-point condition, query by query."""
-    from .solve import Solution, _relax
+    from .solve import _relax
 
     holder = window if isinstance(window, Window) else None
     if holder is not None:
@@ -228,17 +242,27 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
         check_window(1, static.value[0], adjoint)
         if n == 0:
             raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
-        size, info = auto_window(net, xs0, static, batch)
+        size, info, pilot = auto_window(net, xs0, static, batch)
         if holder is not None:
             holder.stats = {"auto": info, "window": size}
         if size is None:  # the vmapped solve (small batch, narrow spread, or traced inputs)
             return _relax(net, xs0, static, adjoint, batch)
         window = Window(size, None if holder is None else holder.chunk)
+    else:
+        pilot = None
     size, chunk = check_window(window, static.value[0], adjoint)
     if n == 0:
         raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
     xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
     sharded = data_sharding(xs0, batch)
+    if pilot is not None:  # the pilot's queries are done (not sharded): stream the others
+        rest = np.setdiff1d(np.arange(n), pilot[0])  # never empty: n >= AUTO_MIN_QUERIES > PILOT_QUERIES
+        size = min(size, rest.size)
+        chunk = min(default_chunk(size) if chunk is None else chunk, size)
+        cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8]))
+        out, stats = _run(net, {k: v[rest] for k, v in xs.items()}, cfg)
+        out = _merge(out, pilot[1], np.argsort(np.concatenate([rest, pilot[0]])).astype(np.int32))
+        return _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk)
     per_device = n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded else n
     size = min(size, per_device)
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
@@ -251,6 +275,21 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
         stats = (jnp.max(stats[0]), jnp.sum(stats[1]))
     else:
         out, stats = _run(net, xs, cfg)
+    return _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk)
+
+
+@eqx.filter_jit
+def _merge(streamed, pilot, order):
+    """The streamed queries' outputs followed by the pilot's, put back in query order
+    (``order``: the inverse of the permutation ``[streamed indices, pilot indices]``)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b])[order], streamed, pilot)
+
+
+def _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk) -> "Solution":  # noqa: F821
+    """The streamed outputs as a ``Solution`` of the batch's shape (the implicit
+    adjoint's derivative attached to the final states); the loop's counters to ``holder``."""
+    from .solve import Solution
+
     final, energies, times, nsteps, code, res, evals = out
     if isinstance(adjoint, diffrax.ImplicitAdjoint):
         final = _implicit(net, xs, final, adjoint)

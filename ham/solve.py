@@ -428,7 +428,8 @@ def relax(
     accepted step is still checked not to raise the energy.
 
     ``window="auto"`` chooses: N < 256 queries are vmapped; otherwise a pilot of
-    P = clip(N/16, 16, 64) queries (a fixed-seed random subset, relaxed vmapped) gives
+    P = clip(N/16, 16, 64) queries (a fixed-seed random subset, streamed through
+    max(P/4, 8) slots; their results are kept and the other N − P queries streamed) gives
     the mean steps and, its largest extrapolated to N draws
     (mean + (pilot max − mean) ln N / ln P), the slowest; W = N · mean / (4 · max), at
     least 8 (more for states under 512 numbers, so that a loop iteration has enough

@@ -383,6 +383,11 @@ def test_memories_stream_large_batches_by_default_with_per_query_results_of_vmap
     default = mem.relax(q, beta=4.0)  # 300 queries: "auto" (streamed)
     traced = mem.relax(q, beta=4.0, window=w)
     assert isinstance(w.stats["window"], int)
+    # the pilot (18 queries) was streamed through 8 slots; its results are kept, so the
+    # equality below covers the pilot's queries and the streamed rest, merged in order
+    info = w.stats["auto"]
+    assert info["pilot_queries"] == 18 and info["pilot_window"] == _stream.pilot_window(18) == 8
+    assert info["pilot_iterations"] >= info["pilot_max_steps"]
     vmapped = mem.relax(q, beta=4.0, window=None)
     _assert_same_per_query(vmapped, default, jnp.float64)
     np.testing.assert_array_equal(np.asarray(default.num_steps), np.asarray(traced.num_steps))
