@@ -14,6 +14,7 @@ set of independent tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -176,6 +177,18 @@ def exponential(
     return jnp.sum(jnp.where(z > max_exponent, e * (1.0 + z - max_exponent), e)) / beta
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled_probe(lagrangian):
+    """``(xs, vs) -> (v^T H(x) v, L(x))`` for a batch of points ``x`` and directions ``v``,
+    jit-compiled (one program per Lagrangian and shape)."""
+
+    def curvature(x, v):
+        _, hv = jax.jvp(jax.grad(lagrangian), (x,), (v,))
+        return jnp.vdot(v, hv), lagrangian(x)
+
+    return jax.jit(jax.vmap(curvature))
+
+
 def check_convex(
     lagrangian, shape: tuple[int, ...], *, key=None, num_probes: int = 4, scale: float = 3.0,
     name: str = "layer",
@@ -188,23 +201,27 @@ def check_convex(
     This is a necessary check, not a proof: it catches a wrong choice such as
     ``lambda x: -identity(x)``.
     """
-    if key is None:
-        key = jax.random.PRNGKey(0)
-    kx, kv = jax.random.split(key)
-    xs = scale * jax.random.normal(kx, (num_probes, *shape))
-    vs = jax.random.normal(kv, (num_probes, *shape))
-    out = jax.eval_shape(lagrangian, xs[0])
+    out = jax.eval_shape(lagrangian, jax.ShapeDtypeStruct(tuple(shape), jnp.result_type(float)))
     if out.shape != ():
         raise ValueError(
             f"{name}: the Lagrangian must return a scalar, got shape {out.shape} "
             f"for a state of shape {shape}."
         )
-
-    def curvature(x, v):
-        _, hv = jax.jvp(jax.grad(lagrangian), (x,), (v,))
-        return jnp.vdot(v, hv), lagrangian(x)
-
-    curv, vals = jax.vmap(curvature)(xs, vs)
+    # The probe points come from NumPy seeded by the key, and the probe is one compiled program
+    # per Lagrangian and shape: drawn with jax.random and run op by op, the check took 1-3 s for
+    # every new layer shape (the random draws and each operation compiled for that shape).
+    seed = np.zeros(2, np.uint32) if key is None else jax.random.key_data(key)  # key None: PRNGKey(0)'s data
+    if isinstance(seed, jax.core.Tracer):  # a traced key: nothing concrete to check
+        return
+    rng = np.random.default_rng(np.asarray(seed).ravel())
+    dtype = jnp.result_type(float)
+    xs = jnp.asarray(scale * rng.standard_normal((num_probes, *shape)), dtype)
+    vs = jnp.asarray(rng.standard_normal((num_probes, *shape)), dtype)
+    try:
+        probe = _compiled_probe(lagrangian)
+    except TypeError:  # an unhashable Lagrangian (e.g. a module holding arrays): compiled for this call only
+        probe = _compiled_probe.__wrapped__(lagrangian)
+    curv, vals = probe(xs, vs)
     if isinstance(curv, jax.core.Tracer):
         return
     if not bool(jnp.all(jnp.isfinite(vals))):
