@@ -160,10 +160,13 @@ free = {k: np.asarray(sol_test.states[k]) for k in ("h", "y")}
 star = {i: {k: free[k][i] for k in free} for i in picked}
 
 
+energy = eqx.filter_jit(lambda net, states: net.energy(states))  # compiled once per batch size
+
+
 def energy_of(v, states):
     """E(x | v) of a batch of free states (dict of (B, ...) arrays) with the image v clamped."""
     batch = next(iter(states.values())).shape[0]
-    return np.asarray(net.energy({"v": np.broadcast_to(v, (batch, 64)), **states}))
+    return np.asarray(energy(net, {"v": jnp.broadcast_to(v, (batch, 64)), **states}))
 
 
 s_line = np.linspace(-0.5, 1.5, 201)
@@ -196,7 +199,9 @@ assert abs(lowest[0]) <= 1.5 * (g1[1] - g1[0]) and abs(lowest[1]) <= 1.5 * (g2[1
 # moving the image from a to b: from rest, and from each image's valley
 s_move = np.linspace(0.0, 1.0, 41)
 morphs = jnp.asarray((1 - s_move[:, None]) * test_images[a] + s_move[:, None] * test_images[b], jnp.float32)
-sol_move = fixed_point(net, morphs)
+from_state = eqx.filter_jit(lambda net, x, init: ham.training.fixed_point(net, {"v": x}, init=init))
+rest = {k: jnp.zeros((len(s_move),) + v.shape[1:], v.dtype) for k, v in free.items()}  # x = 0
+sol_move = from_state(net, morphs, rest)
 ham.lyapunov.check(sol_move)
 g_move = np.asarray(jax.nn.softmax(sol_move.states["y"], axis=1))
 switch = s_move[np.argmax(np.argmax(g_move, axis=1) == test_labels[b])]
@@ -204,12 +209,11 @@ print(f"morphing image a into image b (relaxing from rest), the decision switche
       f"{test_labels[b]} at s = {switch:.3f}")
 assert np.argmax(g_move[0]) == test_labels[a] and np.argmax(g_move[-1]) == test_labels[b]
 
-from_state = eqx.filter_jit(lambda net, x, init: ham.training.fixed_point(net, {"v": x}, init=init))
 branch = {}
 for i in (a, b):
     init = {k: jnp.broadcast_to(star[i][k], (len(s_move),) + star[i][k].shape) for k in ("h", "y")}
     sol = ham.lyapunov.check(from_state(net, morphs, init))
-    branch[i] = dict(label=np.argmax(np.asarray(sol.states["y"]), axis=1), energy=np.asarray(net.energy(sol.states)))
+    branch[i] = dict(label=np.argmax(np.asarray(sol.states["y"]), axis=1), energy=np.asarray(energy(net, sol.states)))
 both = branch[a]["label"] != branch[b]["label"]
 print(f"starting in image a's valley the decision stays {test_labels[a]} up to s = "
       f"{s_move[branch[a]['label'] == test_labels[a]].max():.3f}; starting in image b's valley it is "
