@@ -92,6 +92,11 @@ def _relax_single():
         ok = sum(bool(x["meets_target_no_trace"]) for x in lean)
         no_trace = (f"; with `trace=False` (start and end of the energy trace kept, the discrete update keeps none) "
                     f"{min(w0):.2f}–{max(w0):.2f}×, met on {ok} of {len(lean)} rows")
+    same_stop = [x["wall_ratio_vs_update_with_relax_stop_no_trace"] for x in one
+                 if "wall_ratio_vs_update_with_relax_stop_no_trace" in x]
+    if same_stop:
+        no_trace += (f"; against the update stopped by relax's own rule (the same steps) "
+                     f"{min(same_stop):.2f}–{max(same_stop):.2f}× with `trace=False`")
     return ("`ham.relax` on single-time-scale nets (classical, conv, ET)", "target: within 1.25× of the discrete update",
             f"{min(wall):.2f}–{max(wall):.2f}× its wall-clock, {min(cpu):.2f}–{max(cpu):.2f}× its CPU time "
             f"(met by wall and CPU time on {', '.join(met) or 'no case'}){no_trace}; same fixed point as the update "

@@ -557,6 +557,9 @@ def target_text(r) -> str:
         if "meets_target_no_trace" in r:
             text += (f"; trace=False {r['wall_ratio_vs_discrete_update_no_trace']:.2f}×, "
                      f"{'met' if r['meets_target_no_trace'] else 'NOT met'}")
+        if "wall_ratio_vs_update_with_relax_stop" in r:  # the per-step overhead alone (same stop rule, same steps)
+            text += (f" (against the update stopped by relax's rule: {r['wall_ratio_vs_update_with_relax_stop']:.2f}×, "
+                     f"trace=False {r['wall_ratio_vs_update_with_relax_stop_no_trace']:.2f}×)")
         return text
     return f"≥ {r['target_evals_ratio']:g}× evals, ≥ {r['target_speedup']:g}× wall: {mark}"
 
