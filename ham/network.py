@@ -38,6 +38,14 @@ def _freeze_connections(c: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str
 _OVERFLOW = "the energy or its gradient overflows the dtype for these states; rescale them or the weights"
 
 
+@eqx.filter_jit
+def _batched(net: "HAM", method: str, xs):
+    """``net._vmap(getattr(net, method), xs)`` as one compiled program per network structure,
+    method and state shapes (run op by op, every operation was compiled on its own for each
+    new shape: ~5 s for one eager energy of a small network)."""
+    return net._vmap(getattr(net, method), xs)
+
+
 class HAM(eqx.Module):
     r"""A network of layers and synapses with energy (Krotov 2021, "Hierarchical
     associative memory"; Hoover et al. 2022, "A universal abstraction for hierarchical
@@ -215,7 +223,7 @@ class HAM(eqx.Module):
         xs = {k: checks.real_array(f"HAM.{method}", f"states[{k!r}]", v) for k, v in xs.items()}
         self.batch_shape(xs)
         xs = checks.finite_tree(f"HAM.{method}", "states", xs, runtime=True)
-        return checks.finite_result(f"HAM.{method}", self._vmap(fn, xs), _OVERFLOW)
+        return checks.finite_result(f"HAM.{method}", _batched(self, fn.__name__, xs), _OVERFLOW)
 
     def activations(self, xs: Mapping[str, Array]) -> States:
         r"""$g_A = \partial L_A/\partial x_A$ for every layer."""
