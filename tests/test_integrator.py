@@ -333,3 +333,22 @@ def test_implicit_gradient_with_a_clamped_input_layer(x64):
     for a, b in zip(jax.tree_util.tree_leaves(g_imp), jax.tree_util.tree_leaves(g_unr)):
         assert bool(jnp.all(jnp.isfinite(a)))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_discrete_update_stopped_by_relax_rule_takes_relax_steps(x64):
+    # bench_relax's control for the per-step overhead: on a single-time-scale net relax's
+    # steps are the synchronous update (h = 100 tau: 1 - e^-100 = 1 in float64), so the
+    # update stopped by relax's own rule (residual and distance estimate) stops at the
+    # slowest query's step count, and at the same states
+    from experiments import bench_relax
+
+    net, xs = _classical_net(batch=6)
+    tol = ham.default_tolerances(jnp.float64)
+    sol = ham.relax(net, xs, trace=False)
+    got, n, ok = bench_relax.euler_relax_stop(net, xs, 1.0, tol["event_rtol"], tol["event_atol"])
+    assert bool(jnp.all(ok)) and int(n) == int(jnp.max(sol.num_steps)) >= 2
+    slowest = int(jnp.argmax(sol.num_steps))
+    np.testing.assert_allclose(np.asarray(got["v"][slowest]), np.asarray(sol.states["v"][slowest]), rtol=1e-12, atol=1e-12)
+    # the residual-only stop ends earlier: the distance estimate is what adds the steps
+    _, n_res, _ = bench_relax.euler(net, xs, 1.0, tol["event_rtol"], tol["event_atol"])
+    assert int(n_res) <= int(n)
