@@ -228,7 +228,7 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     """Entry from [`ham.relax`][] (arguments already checked; ``static.value[8]`` is its
     ``trace``): stream, then restore the batch shape; with the implicit adjoint, the final
     states get their derivative from the fixed-point condition, query by query."""
-    from .solve import _relax
+    from .solve import Solution, _relax
 
     holder = window if isinstance(window, Window) else None
     if holder is not None:
@@ -255,15 +255,12 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
         raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
     xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
     sharded = data_sharding(xs0, batch)
+    run_xs = xs
     if pilot is not None:  # the pilot's queries are done (not sharded): stream the others
         rest = np.setdiff1d(np.arange(n), pilot[0])  # never empty: n >= AUTO_MIN_QUERIES > PILOT_QUERIES
-        size = min(size, rest.size)
-        chunk = min(default_chunk(size) if chunk is None else chunk, size)
-        cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8]))
-        out, stats = _run(net, {k: v[rest] for k, v in xs.items()}, cfg)
-        out = _merge(out, pilot[1], np.argsort(np.concatenate([rest, pilot[0]])).astype(np.int32))
-        return _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk)
-    per_device = n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded else n
+        run_xs = {k: v[rest] for k, v in xs.items()}
+    per_device = (n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded
+                  else next(iter(run_xs.values())).shape[0])
     size = min(size, per_device)
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
     cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8]))
@@ -274,22 +271,9 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
                                 iterations_per_device=[int(i) for i in stats[0]])
         stats = (jnp.max(stats[0]), jnp.sum(stats[1]))
     else:
-        out, stats = _run(net, xs, cfg)
-    return _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk)
-
-
-@eqx.filter_jit
-def _merge(streamed, pilot, order):
-    """The streamed queries' outputs followed by the pilot's, put back in query order
-    (``order``: the inverse of the permutation ``[streamed indices, pilot indices]``)."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b])[order], streamed, pilot)
-
-
-def _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk) -> "Solution":  # noqa: F821
-    """The streamed outputs as a ``Solution`` of the batch's shape (the implicit
-    adjoint's derivative attached to the final states); the loop's counters to ``holder``."""
-    from .solve import Solution
-
+        out, stats = _run(net, run_xs, cfg)
+    if pilot is not None:
+        out = _merge(out, pilot[1], np.argsort(np.concatenate([rest, pilot[0]])).astype(np.int32))
     final, energies, times, nsteps, code, res, evals = out
     if isinstance(adjoint, diffrax.ImplicitAdjoint):
         final = _implicit(net, xs, final, adjoint)
@@ -304,6 +288,13 @@ def _finish(net, xs, out, stats, adjoint, holder, batch, size, chunk) -> "Soluti
     s = energies.shape[-1]
     return Solution(final, shaped(energies, (s,)), shaped(times, (s,)), shaped(nsteps), shaped(code == 0),
                     shaped(code), shaped(res), shaped(evals))
+
+
+@eqx.filter_jit
+def _merge(streamed, pilot, order):
+    """The streamed queries' outputs followed by the pilot's, put back in query order
+    (``order``: the inverse of the permutation ``[streamed indices, pilot indices]``)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b])[order], streamed, pilot)
 
 
 @eqx.filter_jit
