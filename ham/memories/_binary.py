@@ -441,8 +441,10 @@ class ExponentialAssociativeMemory(_BinaryMemory):
 
     def log_energy(self, state) -> Float[Array, "*batch"]:
         r"""$-\beta^{-1}\log\sum_\mu e^{\beta\xi_\mu\cdot\sigma}$, increasing in ``energy``."""
-        fn = lambda s: -jax.nn.logsumexp(_masked(self.active, self.beta * (self.patterns @ s), -jnp.inf)) / self.beta  # noqa: E731
-        return per_state("exponential.log_energy", fn, state, self.dim)
+        return per_state("exponential.log_energy", self._log_energy_one, state, self.dim)
+
+    def _log_energy_one(self, s):
+        return -jax.nn.logsumexp(_masked(self.active, self.beta * (self.patterns @ s), -jnp.inf)) / self.beta
 
     @property
     def network(self) -> HAM:

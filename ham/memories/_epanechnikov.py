@@ -86,7 +86,13 @@ class EpanechnikovMemory(PatternOneLayerMemory):
 
     def density(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         r"""The ReLU sum $S(x) = \sum_\mu \mathrm{ReLU}(1 - \frac\beta2\|x-\xi_\mu\|^2)$."""
-        return per_state("epanechnikov", lambda x: jnp.sum(self._weights(x)), state, self.dim)
+        return per_state("epanechnikov", self._density_one, state, self.dim)
+
+    def _density_one(self, x):
+        return jnp.sum(self._weights(x))
+
+    def _support_count_one(self, x):
+        return jnp.sum(self._weights(x) > 0)
 
     def in_support(self, state: Float[Array, "*batch dim"]) -> Bool[Array, "*batch"]:
         """Whether a state lies inside at least one support ($S > 0$; outside, the energy is
@@ -96,8 +102,7 @@ class EpanechnikovMemory(PatternOneLayerMemory):
     def support_counts(self, state: Float[Array, "*batch dim"]) -> Array:
         """How many supports contain each state (1 at an isolated stored pattern; the
         size of the overlapping set at an emergent minimum)."""
-        return per_state("epanechnikov", lambda x: jnp.sum(self._weights(x) > 0), state, self.dim,
-                         hint="unreachable")
+        return per_state("epanechnikov", self._support_count_one, state, self.dim, hint="unreachable")
 
 
 def epanechnikov(

@@ -40,7 +40,7 @@ from ..solve import Solution, relax, with_default_solver
 from ..synapses import Synapse
 from ..synapses._base import shape_error
 from ._common import (
-    StoredPatterns, as_active, as_patterns, as_queries, check_positive, check_stored_patterns, per_state,
+    StoredPatterns, as_active, as_patterns, as_queries, check_positive, check_stored_patterns, over_states, per_state,
 )
 
 __all__ = ["EnergySynapse", "OneLayerMemory", "LogSumExpMemory", "log_sum_exp", "squared_distances"]
@@ -118,10 +118,7 @@ class OneLayerMemory(eqx.Module):
         s = jnp.asarray(state)
         if s.ndim < 1 or s.shape[-1] != self.dim:
             raise ValueError(f"{self._name}: state must have shape (..., {self.dim}), got {tuple(s.shape)}.")
-        f = jax.grad(self.energy_of)
-        for _ in range(s.ndim - 1):
-            f = jax.vmap(f)
-        return f(s)
+        return over_states(self.energy_of, s, grad=True)
 
     def make_network(self, tau: float = 1.0) -> HAM:
         """The one-layer HAM: layer ``"x"`` (identity Lagrangian, ``legendre=False``, time

@@ -234,15 +234,23 @@ class RandomFeatureMemory(OneLayerMemory):
     def estimate(self, state: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         r"""The kernel-sum estimate $\varphi(x)\cdot T \approx \sum_\mu e^{-\frac\beta2\|x-\xi_\mu\|^2}$
         before clipping (may be negative for ``"trigonometric"``)."""
-        return per_state("random_features", lambda x: self._log_estimate(x)[1], state, self.dim)
+        return per_state("random_features", self._estimate_one, state, self.dim)
+
+    def _estimate_one(self, x):
+        return self._log_estimate(x)[1]
+
+    def _clipped_one(self, x):
+        return self._log_estimate(x)[1] <= self.floor
+
+    def _never_clipped_one(self, x):
+        return jnp.zeros((), bool)
 
     def clipped(self, state: Float[Array, "*batch dim"]) -> Bool[Array, "*batch"]:
         """Whether the estimate is at or below ``floor`` (clipped: the state sits on the
         zero-gradient plateau). Never for ``"positive"`` features."""
         if self.kind == "positive":  # evaluated in the log domain: never clipped (tiny values do not underflow)
-            return per_state("random_features", lambda x: jnp.zeros((), bool), state, self.dim, hint="unreachable")
-        return per_state("random_features", lambda x: self._log_estimate(x)[1] <= self.floor, state, self.dim,
-                         hint="unreachable")
+            return per_state("random_features", self._never_clipped_one, state, self.dim, hint="unreachable")
+        return per_state("random_features", self._clipped_one, state, self.dim, hint="unreachable")
 
 
 def random_features(
