@@ -94,12 +94,26 @@ def _is_clamped(layer) -> bool:
 def sweep_order(net) -> tuple[str, ...] | None:
     """Layers from slowest to fastest time constant, when the taus are concrete (the
     fastest layers, updated last, then sit at their equilibrium given the slow ones);
-    ``None`` (the network's own order) when a tau is traced."""
+    ``None`` (the network's own order) when a tau is traced.
+
+    Among equal taus, a layer joined by synapses to more other layers goes first (then
+    the network's own order). On a layered net this is the red–black order of block
+    Gauss–Seidel: the hidden layer, which sees all the others, first, then the layers
+    that see only it (mutually independent given it), each set to its response to the
+    updated hidden layer. Swept input-first instead, the input is first reset from a
+    hidden layer that has not yet seen it: on the convolutional memory of
+    ``experiments/bench_relax.py`` (pixels – features – memory, equal taus) the hidden-
+    first order takes 4 steps instead of 5 (float32; 6 instead of 8 in float64) and
+    6.9 evaluations a query instead of 9.1, to the same fixed point."""
     try:  # numpy, not jnp: no device computation per call for concrete taus
         taus = {k: float(np.max(np.asarray(layer.tau))) for k, layer in net.layers.items()}
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
         return None
-    return tuple(sorted(taus, key=lambda k: -taus[k]))
+    neighbours = {k: set() for k in net.layers}
+    for names in net.connections.values():
+        for k in names:
+            neighbours[k].update(n for n in names if n != k)
+    return tuple(sorted(taus, key=lambda k: (-taus[k], -len(neighbours[k]))))
 
 
 def _norm(x):

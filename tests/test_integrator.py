@@ -52,6 +52,28 @@ def test_large_step_is_the_modern_update(x64):
     np.testing.assert_allclose(y1.x["h"], x @ v1, rtol=1e-10, atol=1e-12)
 
 
+def test_equal_taus_are_swept_most_connected_layer_first_and_take_fewer_evaluations():
+    # pixels - features - memory, every tau 1: the hidden features layer (joined to both
+    # others) first, then the layers that see only it (red-black block Gauss-Seidel)
+    from experiments.data import load_dataset
+
+    imgs = jnp.asarray(load_dataset("digits").flat()[:16].reshape(-1, 8, 8, 1), jnp.float32)
+    mem = ham.memories.convolutional(imgs, key=jax.random.PRNGKey(0), num_features=4, beta=4.0)
+    net = mem.network
+    assert ham.integrator.sweep_order(net)[0] == "features"
+    q = imgs + 0.2 * jax.random.normal(jax.random.PRNGKey(1), imgs.shape)
+    xs0 = mem.initial_state(q)
+    hub = ham.relax(net, xs0)
+    inputs_first = ham.relax(net, xs0, solver=ham.ExponentialEuler(layer_order=("pixels", "features", "memory")))
+    assert bool(jnp.all(hub.converged)) and bool(jnp.all(inputs_first.converged))
+    ham.lyapunov.check(hub)
+    assert float(jnp.mean(hub.num_evaluations)) < 0.9 * float(jnp.mean(inputs_first.num_evaluations))
+    for k in net.layers:  # the same fixed point, to a few steady-state tolerances
+        scale = 1.0 + jnp.linalg.norm(inputs_first.states[k].reshape(16, -1), axis=-1)
+        gap = jnp.linalg.norm((hub.states[k] - inputs_first.states[k]).reshape(16, -1), axis=-1)
+        assert float(jnp.max(gap / scale)) < 1e-2, k
+
+
 def test_default_relax_reaches_the_modern_fixed_point_without_energy_rise(x64):
     mem, x, q = _modern()
     sol = mem.relax(q)
