@@ -446,7 +446,7 @@ def _check_state(owner, name, net: HAM, x):
 def _residual_check(owner, name, net, x, tol_factor):
     dtype = jnp.result_type(*x.values())
     tol = default_tolerances(dtype)
-    f = net.vector_field(0.0, x)
+    f = _field_at(net, x)
     for k, layer in net.layers.items():
         if _clamped(layer):
             continue
@@ -580,7 +580,7 @@ def minimum_energy_path(
     )
     band = checks.finite_result(owner, band, "the band diverged: lower step_size")
     states = jax.vmap(lambda x: _unflat(x, shapes, clamped))(band)
-    energies = jax.vmap(net._energy)(states)
+    energies = _energies(net, states)
     ci = int(ci)
     top = {k: v[ci] for k, v in states.items()}
     n = int(xa.size)
@@ -594,8 +594,8 @@ def minimum_energy_path(
         if bool(ok) and near and bool(jnp.all(jnp.isfinite(x_s))) and _is_fixed(net, candidate, free):
             saddle, refined = candidate, True
             index = _index(net, saddle)
-    saddle_energy = net._energy(saddle)
-    residual = jnp.linalg.norm(_flat(net.vector_field(0.0, saddle), free))
+    saddle_energy = _energy_at(net, saddle)
+    residual = jnp.linalg.norm(_flat(net.vector_field(0.0, saddle), free))  # op by op: notebook 06 prints it
     top_e = jnp.maximum(jnp.max(energies), saddle_energy)
     return Path(
         states=states, energies=energies, saddle=saddle, saddle_energy=saddle_energy, saddle_index=int(index),
@@ -608,11 +608,29 @@ def _is_fixed(net, state, free) -> bool:
     """Every free layer within ``ham.relax``'s steady-state tolerance (the criterion
     ``classify`` accepts with a 10x margin)."""
     tol = default_tolerances(jnp.result_type(*state.values()))
-    f = net.vector_field(0.0, state)
+    f = _field_at(net, state)
     return all(
         float(jnp.linalg.norm(jnp.ravel(f[k]))) <= tol["event_atol"] + tol["event_rtol"] * float(jnp.linalg.norm(jnp.ravel(state[k])))
         for k in free
     )
+
+
+# The host-side checks and summaries of one path evaluate the network outside the band's
+# compiled loop: as compiled programs (run op by op, every operation was compiled on its own
+# for each network and shape).
+@eqx.filter_jit
+def _field_at(net, x):
+    return net.vector_field(0.0, x)
+
+
+@eqx.filter_jit
+def _energy_at(net, x):
+    return net._energy(x)
+
+
+@eqx.filter_jit
+def _energies(net, states):
+    return jax.vmap(net._energy)(states)
 
 
 def _unflat(x, shapes, clamped):
