@@ -26,6 +26,7 @@ evaluation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -37,7 +38,7 @@ import numpy as np
 from diffrax import AbstractTerm, LocalLinearInterpolation
 from jaxtyping import Array
 
-__all__ = ["ExponentialEuler", "Monitored"]
+__all__ = ["ExponentialEuler", "EnergyGuard", "Monitored"]
 
 
 class Monitored(eqx.Module):
@@ -172,10 +173,16 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
     absolute floor of the same size) reports an infinite error, so the step-size
     controller rejects it and shrinks the step: the energy never rises along the
     accepted steps.
+
+    With ``error_estimate=False`` the step reports only that check (an infinite error
+    where the energy rose, else zero), for [`ham.integrator.EnergyGuard`][]: what
+    [`ham.relax`][] uses on a single-time-scale net, where its large step is the
+    network's discrete update and the Lyapunov check is the only control it needs.
     """
 
     layer_order: tuple[str, ...] | None = eqx.field(static=True, default=None)
     energy_slack: float = eqx.field(static=True, default=16.0)
+    error_estimate: bool = eqx.field(static=True, default=True)
 
     term_structure: ClassVar = AbstractTerm
     interpolation_cls: ClassVar[Callable[..., LocalLinearInterpolation]] = LocalLinearInterpolation
@@ -213,6 +220,9 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
         # dx/dt + x/tau for a leaky layer.
         err = {}
         for k, layer in net.layers.items():
+            if not self.error_estimate:  # the energy check only: one number per layer
+                err[k] = jnp.zeros((), x[k].dtype)
+                continue
             if k not in used:
                 err[k] = jnp.zeros_like(x[k])
                 continue
@@ -237,3 +247,54 @@ class ExponentialEuler(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0: Monitored, args):
         """The vector field at ``y0`` (diffrax solver interface)."""
         return monitored_vector_field(args, y0)
+
+
+class EnergyGuard(diffrax.AbstractStepSizeController):
+    r"""Step-size control by the Lyapunov check alone, for
+    ``ExponentialEuler(error_estimate=False)``: a step is kept iff the solver's error is
+    finite (it is infinite exactly when the energy rose, or is not finite); a kept step
+    lets the next one grow ``factormax`` times, up to ``dtmax``; a refused one is
+    retried ``factormin`` times as large.
+
+    Why: on a single-time-scale net (every moving layer with the same τ and a leak)
+    with ``t1 = inf``, [`ham.relax`][] starts at ``dtmax`` ≫ τ, where the exponential
+    step is the network's own synchronous discrete update (Gauss–Seidel over the
+    layers); an error estimate of the trajectory only asks whether that update jumps
+    further than the state's size, which the fixed point does not care about. Without it
+    a step costs what the update costs plus the energy check (the ETD2 estimate, its NaN
+    screen and its norm were three passes over the state a step: about 6 % of the
+    Energy Transformer's step in ``bench_relax``). A solver state kept across a refused
+    step and ``max_steps`` counting attempted steps are diffrax's, as for any controller.
+    """
+
+    factormax: float = eqx.field(static=True, default=4.0)
+    dtmax: float = eqx.field(static=True, default=math.inf)
+    factormin: float = eqx.field(static=True, default=0.25)
+
+    def __check_init__(self):
+        if not self.factormax >= 1.0:
+            raise ValueError(f"EnergyGuard: factormax must be >= 1, got {self.factormax!r}.")
+        if not 0.0 < self.factormin < 1.0:
+            raise ValueError(f"EnergyGuard: factormin must be in (0, 1), got {self.factormin!r}.")
+        if not self.dtmax > 0.0:
+            raise ValueError(f"EnergyGuard: dtmax must be > 0, got {self.dtmax!r}.")
+
+    def wrap(self, direction):
+        """Forward time only (diffrax interface): ``relax`` integrates from t0 = 0 up."""
+        return self
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        """The first step ends at ``t0 + min(dt0, dtmax)``; no controller state."""
+        if dt0 is None:
+            raise ValueError("EnergyGuard: dt0 is required (ham.relax passes dtmax on a single-time-scale net).")
+        return t0 + jnp.minimum(dt0, self.dtmax), None
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        """Keep the step iff every error leaf is finite; grow or shrink the next one."""
+        del y0, y1_candidate, args, error_order
+        keep = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree_util.tree_leaves(y_error)]))
+        h = t1 - t0
+        factor = jnp.where(keep, self.factormax, self.factormin).astype(jnp.result_type(h))
+        next_t0 = jnp.where(keep, t1, t0)
+        next_t1 = next_t0 + jnp.minimum(h * factor, self.dtmax)
+        return keep, next_t0, next_t1, False, controller_state, diffrax.RESULTS.successful

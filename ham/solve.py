@@ -17,7 +17,7 @@ import optimistix.internal as optxi
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks as checks
-from .integrator import (ExponentialEuler, Monitored, _is_clamped, evaluate, monitored, monitored_vector_field,
+from .integrator import (EnergyGuard, ExponentialEuler, Monitored, _is_clamped, evaluate, monitored, monitored_vector_field,
                          start_distance, sweep_order)
 from .network import HAM
 
@@ -293,8 +293,14 @@ def with_default_solver(net: HAM, relax_kwargs: dict, fallback_order: tuple[str,
 
 
 @functools.lru_cache(maxsize=64)
-def _default_solver(layer_order: tuple[str, ...] | None) -> ExponentialEuler:
-    return ExponentialEuler(layer_order=layer_order)
+def _default_solver(layer_order: tuple[str, ...] | None, error_estimate: bool = True) -> ExponentialEuler:
+    return ExponentialEuler(layer_order=layer_order, error_estimate=error_estimate)
+
+
+@functools.lru_cache(maxsize=64)
+def _energy_guard(factormax: float, dtmax: float) -> EnergyGuard:
+    """The step-size control of ``relax`` on a single-time-scale net (built once per setting)."""
+    return EnergyGuard(factormax=factormax, dtmax=dtmax)
 
 
 @functools.lru_cache(maxsize=64)
@@ -448,7 +454,11 @@ def relax(
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.zeros(()).dtype
         xs0 = {k: v.astype(dtype) for k, v in xs0.items()}
-    solver = _default_solver(sweep_order(net)) if solver is None else solver
+    default_solver = solver is None
+    solver = _default_solver(sweep_order(net)) if default_solver else solver
+    # the default controller's tolerances (not the user's): a single-time-scale net then
+    # needs no error estimate (see below)
+    loose = rtol is None and atol is None
     tol = default_tolerances(dtype, solver, accurate=math.isfinite(t1) if isinstance(t1, (int, float)) else False)
     rtol = tol["rtol"] if rtol is None else rtol
     atol = tol["atol"] if atol is None else atol
@@ -471,7 +481,12 @@ def relax(
             dtmax = 100.0 * _max_finite_tau(net)
         if dt0 is None and not math.isfinite(t1):  # dtmax on single-time-scale nets, else min tau
             dt0 = _FirstStep(dtmax)
-        controller = _exponential_controller(rtol, atol, factormax, dtmax)
+        if default_solver and loose and not math.isfinite(t1) and single_time_scale(net):
+            # the large step is the discrete update: guarded by the energy alone
+            solver = _default_solver(solver.layer_order, error_estimate=False)
+            controller = _energy_guard(factormax, dtmax)
+        else:
+            controller = _exponential_controller(rtol, atol, factormax, dtmax)
     else:
         controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_tree_norm)
     if adjoint is None:

@@ -297,6 +297,41 @@ def test_single_time_scale_net_starts_with_its_discrete_update(x64):
     np.testing.assert_allclose(np.asarray(two.times)[:, 1], float(mem.network.layers["h"].tau))
 
 
+def test_single_time_scale_steps_are_kept_by_the_energy_alone_and_a_rising_update_is_retried_smaller(x64):
+    # the classical memory of one pattern (+1, -1) couples its two units by -1: from
+    # (0.3, 0.2) the synchronous update x <- W tanh(4x) overshoots to (-0.33, -0.42) and
+    # raises the energy (0.44 -> 0.65), the first half of a 2-cycle
+    net = ham.memories.classical(jnp.array([[1.0, -1.0]])).make_network(beta=4.0)
+    xs = {"v": jnp.array([[0.3, 0.2], [2.0, -1.5]])}
+    update = {"v": xs["v"] + net.layers["v"].tau * net.vector_field(0.0, xs)["v"]}
+    assert float(net.energy(update)[0]) > float(net.energy(xs)[0]) + 0.1
+    sol = ham.relax(net, xs)
+    assert bool(jnp.all(sol.converged)), sol.reason
+    ham.lyapunov.check(sol)
+    attempted = np.asarray(sol.num_evaluations) - 1.0  # one layer: start + one evaluation an attempted step
+    assert attempted[0] > sol.num_steps[0]  # the rising update was refused ...
+    assert float(sol.times[0, 1]) < 100.0  # ... and the step kept was smaller than dtmax = 100 tau
+    np.testing.assert_allclose(sol.times[1, 1], 100.0)  # the second query's update lowers E: kept whole
+    # the step-size controller tolerances given: the PID controller on the ETD2 estimate
+    # (what relax uses on other nets); here it refuses the same steps
+    pid = ham.relax(net, xs, rtol=1.0, atol=1.0)
+    np.testing.assert_allclose(sol.states["v"], pid.states["v"], rtol=1e-6, atol=1e-8)
+
+
+def test_energy_guard_keeps_finite_error_steps_growing_and_retries_refused_ones_smaller():
+    guard = ham.integrator.EnergyGuard(factormax=4.0, dtmax=10.0)
+    t0, t1 = jnp.asarray(1.0), jnp.asarray(3.0)
+    keep, n0, n1, jump, _, res = guard.adapt_step_size(t0, t1, None, None, None, {"v": jnp.zeros(3)}, 1, None)
+    assert bool(keep) and float(n0) == 3.0 and float(n1) == 3.0 + 8.0 and not jump
+    keep, n0, n1, *_ = guard.adapt_step_size(t0, t1, None, None, None, {"v": jnp.asarray(jnp.inf)}, 1, None)
+    assert not bool(keep) and float(n0) == 1.0 and float(n1) == 1.5
+    keep, n0, n1, *_ = guard.adapt_step_size(jnp.asarray(0.0), jnp.asarray(8.0), None, None, None, {"v": 0.0}, 1, None)
+    assert bool(keep) and float(n1) == 18.0  # capped at dtmax
+    for bad, msg in ((dict(factormax=0.5), "factormax"), (dict(factormin=1.0), "factormin"), (dict(dtmax=0.0), "dtmax")):
+        with pytest.raises(ValueError, match=msg):
+            ham.integrator.EnergyGuard(**bad)
+
+
 def test_residual_is_read_from_the_monitor_and_evaluations_are_counted_once(x64):
     # the final residual |dx/dt| is the monitor's (no extra evaluation), equal to the field's
     # norm at the final state; one start evaluation + one per attempted step (one layer)
