@@ -147,6 +147,31 @@ def _ham_starts(owner, net: HAM, starts, key, scale):
     return out
 
 
+def _bucket(m: int) -> int:
+    """The number of rows a batch of ``m`` points is padded to, so that the compiled
+    programs of ``classify`` depend on the size class of ``m``, not on ``m`` itself (the
+    number of points a census finds varies with the data): 8, 16, 32, 64, then multiples of
+    a quarter of the power of two below ``m`` (at most 25 % extra rows)."""
+    if m <= 64:
+        return max(8, 1 << (m - 1).bit_length())
+    g = 1 << (m.bit_length() - 3)
+    return -(-m // g) * g
+
+
+def _pad_rows(x, size):
+    """``x`` with its leading axis padded to ``size`` by copies of its first row, on the host
+    (an eager device concatenate would compile for every new number of rows)."""
+    if size <= x.shape[0] or not getattr(x, "is_fully_addressable", True):
+        return x
+    h = np.asarray(x)
+    return jnp.asarray(np.concatenate([h, np.broadcast_to(h[:1], (size - h.shape[0],) + h.shape[1:])]))
+
+
+def _rows(x, m):
+    """The first ``m`` rows of a result (sliced on the host: no compile per ``m``)."""
+    return jnp.asarray(np.asarray(x)[:m])
+
+
 def _pad(x, size):
     """Pad the leading axis of ``x`` to ``size`` with copies of its first row."""
     extra = size - x.shape[0]
@@ -553,7 +578,8 @@ def _classify_binary(owner, model, points, k):
         z = jnp.zeros((0,), jnp.int32)
         return Classification(index=z, complete=z.astype(bool), eigenvalues=jnp.zeros((0, k)), kind=())
     kk = min(k, model.dim)
-    idx, eig = _binary_stats(model, states, kk)
+    m = states.shape[0]
+    idx, eig = (_rows(a, m) for a in _binary_stats(model, _pad_rows(states, _bucket(m)), kk))
     complete = jnp.ones(idx.shape, bool)
     return Classification(index=idx.astype(jnp.int32), complete=complete, eigenvalues=eig,
                           kind=_kinds(idx, complete, True))
@@ -741,10 +767,11 @@ def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, la
     if m == 0:
         z = jnp.zeros((0,), jnp.int32)
         return Classification(index=z, complete=z.astype(bool), eigenvalues=jnp.zeros((0, k), dtype), kind=())
+    xs = {name: _pad_rows(v, _bucket(m)) for name, v in xs.items()}  # copies of the first point; dropped below
     # 1. fixed points only
     res = _batched_residuals(net, xs, free)
     for name in free:
-        r, xn = (np.asarray(a) for a in res[name])
+        r, xn = (np.asarray(a)[:m] for a in res[name])
         lim = residual_factor * (eatol + ertol * xn)
         bad = np.flatnonzero(~(r <= lim))
         if bad.size:
@@ -761,9 +788,9 @@ def _classify_ham(owner, net, points, k, eig_tol, residual_factor, dense_max, la
         raise ValueError(f"{owner}: lanczos_steps={steps} must be >= k={kk}.")
     probe = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], size=n), dtype)
     v0 = jnp.asarray(np.random.default_rng(1).standard_normal(n), dtype)
-    ev, index, complete, not_diag = _classify_points(
+    ev, index, complete, not_diag = jax.tree.map(lambda a: _rows(a, m), _classify_points(
         net, xs, free, jnp.asarray(tau_vec, dtype), probe, v0, kk, dense, steps, eig_tol,
-        tuple(sorted(per_neuron.items())))
+        tuple(sorted(per_neuron.items()))))
     for name in free:
         if np.asarray(not_diag[name]).any():
             size = int(np.prod(net.layers[name].shape))
