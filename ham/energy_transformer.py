@@ -16,6 +16,7 @@ descent for $T$ steps ([`ham.descend`][]) or the continuous ODE to a fixed point
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -192,16 +193,24 @@ def patchify(images: Float[ArrayLike, "n height width *channels"], patch: int) -
     patches, row-major: ``(n, (H/patch)·(W/patch), patch·patch·C)``."""
     patch = checks.integer("patchify", "patch", patch)
     images = jnp.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
+    if images.ndim not in (3, 4):
         raise ValueError(f"patchify: images must have shape (n, H, W) or (n, H, W, C), got {tuple(images.shape)}.")
-    n, h, w, c = images.shape
+    h, w = images.shape[1:3]
     if patch < 1 or h % patch or w % patch:
         raise ValueError(
             f"patchify: image size {h}x{w} is not divisible by the patch size {patch}; choose a patch size that "
             f"divides both (e.g. one of {[p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]})."
         )
+    return _patchify(images, patch)
+
+
+# The reshapes and the transpose as one compiled program per shape (op by op, each compiled
+# on its own for every new shape).
+@functools.partial(jax.jit, static_argnums=1)
+def _patchify(images, patch):
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
     x = images.reshape(n, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, (h // patch) * (w // patch), patch * patch * c)
 
@@ -212,14 +221,20 @@ def unpatchify(patches: Float[ArrayLike, "n tokens patch_dim"], image_shape: tup
     patches = jnp.asarray(patches)
     h, w = image_shape[:2]
     c = image_shape[2] if len(image_shape) == 3 else 1
-    n = patches.shape[0]
     want = ((h // patch) * (w // patch), patch * patch * c)
     if h % patch or w % patch or tuple(patches.shape[1:]) != want:
         raise ValueError(
             f"unpatchify: patches of shape {tuple(patches.shape)} do not tile images of shape {tuple(image_shape)} "
             f"with patch size {patch} (expected (n, {want[0]}, {want[1]}))."
         )
-    x = patches.reshape(n, h // patch, w // patch, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape((n, *image_shape))
+    return _unpatchify(patches, tuple(image_shape), patch)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unpatchify(patches, image_shape, patch):
+    h, w = image_shape[:2]
+    c = image_shape[2] if len(image_shape) == 3 else 1
+    x = patches.reshape(patches.shape[0], h // patch, w // patch, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape((patches.shape[0], *image_shape))
 
 
