@@ -150,10 +150,10 @@ def _ham_starts(owner, net: HAM, starts, key, scale):
 def _bucket(m: int) -> int:
     """The number of rows a batch of ``m`` points is padded to, so that the compiled
     programs of ``classify`` depend on the size class of ``m``, not on ``m`` itself (the
-    number of points a census finds varies with the data): 8, 16, 32, 64, then multiples of
-    a quarter of the power of two below ``m`` (at most 25 % extra rows)."""
+    number of points a census finds varies with the data): the power of two >= ``m`` up to
+    64, then multiples of a quarter of the power of two below ``m`` (at most 25 % extra rows)."""
     if m <= 64:
-        return max(8, 1 << (m - 1).bit_length())
+        return 1 << (m - 1).bit_length()
     g = 1 << (m.bit_length() - 3)
     return -(-m // g) * g
 
