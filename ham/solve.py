@@ -397,6 +397,11 @@ def relax(
     only to other layers (no self-coupling) is block-coordinate descent of the energy.
     Measured on the suite of ``experiments/bench_relax.py``: see the README. Layers with
     ``legendre=False`` (no leak) take explicit Euler steps, accepted only downhill.
+    On a single-time-scale net (every moving layer with the same τ and a leak;
+    ``ham.solve.single_time_scale``) with ``t1 = inf`` the first step is ``dtmax``,
+    the network's discrete update, and unless ``rtol``/``atol`` are given the steps are
+    kept by the energy check alone ([`ham.integrator.EnergyGuard`][]): no error
+    estimate, so a step costs the update plus the Lyapunov check.
     Tolerances default by dtype and solver ([`ham.solve.default_tolerances`][]). The solve
     runs in the states' dtype: the times (``t0``, ``dt0``) and array time constants are
     cast to it, so a float32 solve stays float32 under x64.
