@@ -14,6 +14,8 @@ import pytest
 
 import ham
 from ham import lagrangians as L
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _modern(num=40, dim=8, beta=4.0, batch=6, seed=0):
@@ -72,6 +74,24 @@ def test_equal_taus_are_swept_most_connected_layer_first_and_take_fewer_evaluati
         scale = 1.0 + jnp.linalg.norm(inputs_first.states[k].reshape(16, -1), axis=-1)
         gap = jnp.linalg.norm((hub.states[k] - inputs_first.states[k]).reshape(16, -1), axis=-1)
         assert float(jnp.max(gap / scale)) < 1e-2, k
+
+
+@settings(max_examples=25, deadline=None)
+@given(taus=st.lists(st.sampled_from([0.25, 1.0, 4.0]), min_size=1, max_size=5), data=st.data())
+def test_sweep_order_is_slowest_first_then_most_connected_then_the_networks_own(taus, data):
+    names = [f"l{i}" for i in range(len(taus))]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    edges = data.draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs))) if pairs else []
+    net = ham.HAM(
+        layers={n: ham.Layer(L.tanh, (2,), tau=t) for n, t in zip(names, taus)},
+        synapses={f"w{i}": ham.synapses.Dense(0.1 * jnp.ones((2, 2))) for i in range(len(edges))},
+        connections={f"w{i}": e for i, e in enumerate(edges)},
+    )
+    order = ham.integrator.sweep_order(net)
+    assert sorted(order) == names
+    degree = {n: len({m for e in edges if n in e for m in e if m != n}) for n in names}
+    key = [(-net.layers[n].tau, -degree[n], names.index(n)) for n in order]
+    assert key == sorted(key)
 
 
 def test_default_relax_reaches_the_modern_fixed_point_without_energy_rise(x64):
