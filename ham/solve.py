@@ -17,8 +17,8 @@ import optimistix.internal as optxi
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _checks as checks
-from .integrator import (EnergyGuard, ExponentialEuler, Monitored, _is_clamped, evaluate, monitored, monitored_vector_field,
-                         start_distance, sweep_order)
+from .integrator import (EnergyGuard, ExponentialEuler, Monitored, _is_clamped, evaluate, monitored,
+                         monitored_vector_field, start_distance, sweep_order)
 from .network import HAM
 
 __all__ = ["Solution", "relax", "descend", "default_tolerances"]
