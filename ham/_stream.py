@@ -54,8 +54,9 @@ _RUNNING, _EVENT, _MAXED, _ENDED = 0, 1, 2, 3
 class Window:
     """A window with a chosen refill ``chunk`` (private: tests and benchmarks). Passed as
     ``ham.relax(..., window=Window(size, chunk))``; after an eager call, ``stats`` holds
-    the loop's ``iterations`` and ``refills`` (and, for ``size="auto"``, the pilot's
-    ``auto`` info and the chosen ``window``, ``None`` for the vmapped solve)."""
+    the loop's ``iterations``, ``refills`` and ``slot_steps`` (the window's width summed
+    over the iterations: the work), the ``window``, ``chunk`` and ``tail`` widths (and, for
+    ``size="auto"``, the rule's ``auto`` info; ``window`` is ``None`` for the vmapped solve)."""
 
     size: int | str
     chunk: int | None = None
@@ -86,6 +87,24 @@ def min_window(state_size: int) -> int:
     ≥ 4096 numbers, so that the per-iteration cost of the loop and of the refill is
     spread over enough work), at most 128."""
     return int(np.clip(-(-4096 // max(int(state_size), 1)), 8, 128))
+
+
+SHRINK = 4  # once the queue is empty, the window shrinks this many times when its busy slots fit
+SHRINK_LEVELS = 2  # at most this many narrower windows (each compiles another copy of the loop)
+
+
+def tail_widths(size: int, state_size: int) -> tuple[int, ...]:
+    """The narrower windows of a stream's tail: ``size/4``, ``size/16`` (at most
+    ``SHRINK_LEVELS``), none below [`min_window`][]. Once no query is left to load, the
+    busy slots are gathered into the next width as soon as they fit in it, so the slowest
+    queries no longer keep a whole window of idle slots stepping: the tail costs about
+    a quarter of the ``W · max`` slot steps it cost. Per query nothing changes (a slot
+    carries its state, solver and controller state with it)."""
+    out, w, floor = [], size, min_window(state_size)
+    while len(out) < SHRINK_LEVELS and w // SHRINK >= floor:
+        w //= SHRINK
+        out.append(w)
+    return tuple(out)
 
 
 def pick_window(n: int, state_size: int, mean_steps: float, max_steps: float) -> int | None:
@@ -162,9 +181,15 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict, tuple | None
 
     The pilot is streamed rather than vmapped because a vmapped pilot pays its slowest
     query on every pilot query: on the Energy Transformer bench case (max/mean 6.9) a
-    vmapped 64-query pilot cost about a third of the whole stream's work. Traced queries
-    or network (under ``jit``/``grad``) cannot run a pilot: the solve is then vmapped
-    (``info["reason"]`` says so)."""
+    vmapped 64-query pilot cost about a third of the whole stream's work.
+
+    Below ``AUTO_MIN_QUERIES`` queries (a pilot would cost about what it saves), and for
+    traced queries or network (under ``jit``/``grad``, where no pilot can run), the whole
+    batch is in flight (``W = N``) and the window shrinks at the tail ([`tail_widths`][]):
+    no pilot is needed, a batch whose queries all stop together costs what the vmapped
+    solve costs, and the slowest queries no longer keep every slot stepping. Vmapped when
+    ``N`` is too small to shrink (``N < 4 ×`` [`min_window`][]) or the queries are sharded
+    with fewer than ``AUTO_MIN_QUERIES`` a device (``info["reason"]`` says which)."""
     n = math.prod(batch)
     state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
     info = {"queries": n, "state_size": state_size}
@@ -173,15 +198,19 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict, tuple | None
         devices = math.prod(sharded[0].shape[a] for a in sharded[2])
         n = n // devices
         info = dict(info, devices=devices, queries_per_device=n)
-    if n < AUTO_MIN_QUERIES:
-        return None, dict(info, reason=f"fewer than {AUTO_MIN_QUERIES} queries" + (" per device" if sharded else "")), None
-    if not (_concrete(xs0) and _concrete(net)):
-        return None, dict(info, reason="traced inputs: no pilot run under jit/grad"), None
+    if sharded and n < AUTO_MIN_QUERIES:
+        return None, dict(info, reason=f"fewer than {AUTO_MIN_QUERIES} queries per device"), None
+    traced = not (_concrete(xs0) and _concrete(net))
+    if traced or n < AUTO_MIN_QUERIES:
+        why = "traced inputs: no pilot run under jit/grad" if traced else f"fewer than {AUTO_MIN_QUERIES} queries"
+        if not tail_widths(n, state_size):
+            return None, dict(info, reason=f"{why}; too few to shrink a window: vmapped"), None
+        return n, dict(info, window=n, reason=f"{why}: the whole batch in flight, the window shrinking at the tail"), None
     idx = pilot_indices(n, math.prod(batch))
     sub = {k: jnp.reshape(v, (math.prod(batch), *net.layers[k].shape))[idx] for k, v in xs0.items()}
     wp = pilot_window(len(idx))
-    cfg = _Config(tuple(static.value[:7]) + (wp, default_chunk(wp), static.value[8]))
-    out, (iterations, _) = _run(net, sub, cfg)
+    cfg = _Config(tuple(static.value[:7]) + (wp, default_chunk(wp), static.value[8], ()))
+    out, (iterations, _, _) = _run(net, sub, cfg)
     steps = np.asarray(out[3])
     mean, peak = float(steps.mean()), estimate_max(steps, n, static.value[4])
     w = pick_window(n, state_size, mean, peak)
@@ -189,6 +218,11 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict, tuple | None
                 pilot_mean_steps=mean, pilot_max_steps=int(steps.max()), estimated_max_steps=peak, window=w,
                 reason="streamed" if w is not None else "max/mean or predicted gain too small")
     return w, info, (None if sharded else (idx, out))
+
+
+def streamable(solver, adjoint) -> bool:
+    """Whether a solve can be streamed: the default solver, the implicit adjoint."""
+    return isinstance(solver, ExponentialEuler) and (adjoint is None or isinstance(adjoint, diffrax.ImplicitAdjoint))
 
 
 def check_window(window, solver, adjoint) -> tuple[int, int | None]:
@@ -228,7 +262,7 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     """Entry from [`ham.relax`][] (arguments already checked; ``static.value[8]`` is its
     ``trace``): stream, then restore the batch shape; with the implicit adjoint, the final
     states get their derivative from the fixed-point condition, query by query."""
-    from .solve import Solution, _relax
+    from .solve import _relax
 
     holder = window if isinstance(window, Window) else None
     if holder is not None:
@@ -239,9 +273,11 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
         if spec != "auto":
             raise ValueError(f"ham.relax: window must be a positive integer (slots in flight), 'auto' or None, "
                              f"got {spec!r}.")
-        check_window(1, static.value[0], adjoint)
-        if n == 0:
-            raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
+        if n == 0 or not streamable(static.value[0], adjoint):  # "auto" is then the vmapped solve
+            if holder is not None:
+                holder.stats = {"auto": {"queries": n, "reason": "empty batch" if n == 0 else
+                                         "solver or adjoint not streamed"}, "window": None}
+            return _relax(net, xs0, static, adjoint, batch)
         size, info, pilot = auto_window(net, xs0, static, batch)
         if holder is not None:
             holder.stats = {"auto": info, "window": size}
@@ -262,24 +298,43 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     per_device = (n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded
                   else next(iter(run_xs.values())).shape[0])
     size = min(size, per_device)
+    state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
-    cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8]))
+    cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8], tail_widths(size, state_size)))
+    if not sharded and pilot is None:  # one program: the stream, the implicit rule, the shapes
+        sol, stats = _whole(net, xs0, cfg, adjoint, batch)
+        _record(holder, stats, cfg)
+        return sol
     if sharded:
         out, stats = _run_sharded(net, xs, cfg, sharded[0], sharded[1])
         if holder is not None:
             holder.stats = dict(holder.stats or {}, devices=len(stats[0]), queries_per_device=per_device,
                                 iterations_per_device=[int(i) for i in stats[0]])
-        stats = (jnp.max(stats[0]), jnp.sum(stats[1]))
+        stats = (jnp.max(stats[0]), jnp.sum(stats[1]), jnp.sum(stats[2]))
     else:
         out, stats = _run(net, run_xs, cfg)
     if pilot is not None:
         out = _merge(out, pilot[1], np.argsort(np.concatenate([rest, pilot[0]])).astype(np.int32))
+    _record(holder, stats, cfg)
+    return _solution(net, xs, out, adjoint, batch)
+
+
+def _record(holder, stats, cfg):
+    """A ``Window``'s ``stats`` after an eager stream: loop iterations, refills, slot
+    steps (the work: the window's width summed over the iterations), window, chunk, tail."""
+    if holder is not None and not isinstance(stats[0], jax.core.Tracer):
+        holder.stats = dict(holder.stats or {}, iterations=int(stats[0]), refills=int(stats[1]),
+                            slot_steps=int(stats[2]), window=cfg.value[7], chunk=cfg.value[8], tail=cfg.value[10])
+
+
+def _solution(net, xs, out, adjoint, batch) -> "Solution":  # noqa: F821
+    """The ``Solution`` of a stream's outputs ``out`` (queries flattened to ``xs``' rows):
+    the implicit rule on the final states, the batch shape restored."""
+    from .solve import Solution
+
     final, energies, times, nsteps, code, res, evals = out
     if isinstance(adjoint, diffrax.ImplicitAdjoint):
         final = _implicit(net, xs, final, adjoint)
-    if holder is not None and not isinstance(stats[0], jax.core.Tracer):
-        holder.stats = dict(holder.stats or {}, iterations=int(stats[0]), refills=int(stats[1]), window=size,
-                            chunk=chunk)
 
     def shaped(a, tail=()):
         return jnp.reshape(a, (*batch, *tail))
@@ -288,6 +343,16 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     s = energies.shape[-1]
     return Solution(final, shaped(energies, (s,)), shaped(times, (s,)), shaped(nsteps), shaped(code == 0),
                     shaped(code), shaped(res), shaped(evals))
+
+
+@eqx.filter_jit
+def _whole(net, xs0, cfg, adjoint, batch):
+    """A stream of the whole batch as one compiled program (no per-call dispatch of the
+    reshapes, the implicit rule and the outputs: a 4-step solve costs about 1 ms less)."""
+    n = math.prod(batch)
+    xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
+    out, stats = _run(net, xs, cfg)
+    return _solution(net, xs, out, adjoint, batch), stats
 
 
 @eqx.filter_jit
@@ -358,8 +423,8 @@ def _run_sharded(net, xs, cfg, mesh, lead):
     params, rest = eqx.partition(net, eqx.is_array)
 
     def local(params, xs):
-        out, (it, rf) = _run(eqx.combine(params, rest), xs, cfg)
-        return out, (jnp.reshape(it, (1,)), jnp.reshape(rf, (1,)))
+        out, stats = _run(eqx.combine(params, rest), xs, cfg)
+        return out, tuple(jnp.reshape(a, (1,)) for a in stats)
 
     fn = _shard_map()(local, mesh=mesh, in_specs=(P(), P(lead)), out_specs=(P(lead), P(lead)), check_vma=False)
     return fn(params, xs)
@@ -373,7 +438,7 @@ class _Config(eqx.Module):
 def _run(net, xs, cfg):
     from .solve import _at_fixed_point, _check_finite, _count_evaluations, _vf
 
-    (solver, controller, event_rtol, event_atol, max_steps, t1_, dt0, size, chunk, trace) = cfg.value
+    (solver, controller, event_rtol, event_atol, max_steps, t1_, dt0, size, chunk, trace, tail) = cfg.value
     net, xs = _nondiff(net), _nondiff(_check_finite(net, xs))
     n = next(iter(xs.values())).shape[0]
     terms = diffrax.ODETerm(_vf)
@@ -426,7 +491,7 @@ def _run(net, xs, cfg):
     edtype, xdt = one[0].energy.dtype, one[0].x
     out = dict(x={k: jnp.zeros((n, *v.shape), v.dtype) for k, v in xdt.items()},
                nacc=jnp.zeros((n,), jnp.int32), natt=jnp.zeros((n,), jnp.int32),
-               status=jnp.zeros((n,), jnp.int32), residual=jnp.zeros((n,), edtype),
+               status=jnp.zeros((n,), jnp.int32), residual=jnp.zeros((n,), edtype), energy=jnp.zeros((n,), edtype),
                energies=jnp.zeros((n, length), edtype), times=jnp.zeros((n, length), tdtype))
 
     def put(a, idx, v):
@@ -450,9 +515,8 @@ def _run(net, xs, cfg):
         new = dict(y=y, sstate=ss, cstate=cs, tprev=jnp.broadcast_to(tp, (k,)), tnext=tn, status=st,
                    nacc=jnp.zeros((k,), jnp.int32), natt=jnp.zeros((k,), jnp.int32), query=q)
         slot = jax.tree_util.tree_map(lambda a, b: put(a, idx, b), slot, new)
-        qo = jnp.where(valid, q, n)
-        out = dict(out, energies=out["energies"].at[qo, 0].set(y.energy, mode="drop"),
-                   times=out["times"].at[qo, 0].set(jnp.broadcast_to(tp, (k,)), mode="drop"))
+        if not trace:  # (with the trace, the start energy is written at the query's first step)
+            out = dict(out, energies=out["energies"].at[jnp.where(valid, q, n), 0].set(y.energy, mode="drop"))
         return dict(carry, slot=slot, out=out, next=jnp.minimum(nxt + k, n), refills=carry["refills"] + 1)
 
     def step(carry):
@@ -492,9 +556,11 @@ def _run(net, xs, cfg):
         status = jnp.where(active, status, slot["status"]).astype(jnp.int32)
         slot = dict(slot, y=y, sstate=sstate, cstate=cstate, tprev=tprev, tnext=tnext, natt=natt, nacc=nacc,
                     status=status)
-        if trace:  # the accepted step's energy and time, at the query's next trace entry
+        if trace:  # the start energy at a query's first step; the accepted step's energy and time
+            qs = jnp.where(active & (natt == 1), slot["query"], n)
             qa = jnp.where(accept, slot["query"], n)
-            out = dict(out, energies=out["energies"].at[qa, nacc].set(y.energy, mode="drop"),
+            energies = out["energies"].at[qs, 0].set(y0.energy, mode="drop")
+            out = dict(out, energies=energies.at[qa, nacc].set(y.energy, mode="drop"),
                        times=out["times"].at[qa, nacc].set(tprev, mode="drop"))
         return dict(carry, slot=slot, out=out)
 
@@ -507,7 +573,8 @@ def _run(net, xs, cfg):
         residual = jnp.sqrt(sum(jnp.square(s) for s in y.speed.values()))
         out = dict(out, x={k: put(out["x"][k], qi, v) for k, v in y.x.items()},
                    nacc=put(out["nacc"], qi, slot["nacc"]), natt=put(out["natt"], qi, slot["natt"]),
-                   status=put(out["status"], qi, slot["status"]), residual=put(out["residual"], qi, residual))
+                   status=put(out["status"], qi, slot["status"]), residual=put(out["residual"], qi, residual),
+                   energy=put(out["energy"], qi, y.energy))
         if not trace:  # the summary: start and end of the trace
             out = dict(out, energies=out["energies"].at[qi, 1].set(y.energy, mode="drop"),
                        times=out["times"].at[qi, 1].set(slot["tprev"], mode="drop"))
@@ -526,26 +593,52 @@ def _run(net, xs, cfg):
 
     def body(carry):
         carry = step(carry)
+        # the full trace buffers stay out of the branches below (a buffer passed through
+        # a cond or an inner loop may be copied whole; on the 4-step conv_image solve that
+        # was a fifth of its time): finish and load do not touch them
+        big = {k: carry["out"][k] for k in (("energies", "times") if trace else ())}
+        carry = dict(carry, out={k: v for k, v in carry["out"].items() if k not in big})
         carry = jax.lax.cond(any_done(carry), finish, lambda c: c, carry)
         # as many fixed-size chunks as there are free slots for (short solves free more
         # than one chunk per step)
         carry = jax.lax.while_loop(refill_due, lambda c: load(c, chunk), carry)
-        return dict(carry, iterations=carry["iterations"] + 1)
+        width = carry["slot"]["query"].shape[0]
+        return dict(carry, out=dict(carry["out"], **big), iterations=carry["iterations"] + 1,
+                    slot_steps=carry["slot_steps"] + width)
 
     def cond(carry):
         s = carry["slot"]
         return jnp.any((s["query"] < n) & (s["status"] == _RUNNING)) | (carry["next"] < n)
 
     carry = dict(slot=slot, out=out, next=jnp.asarray(0, jnp.int32), iterations=jnp.asarray(0, jnp.int32),
-                 refills=jnp.asarray(-1, jnp.int32))
+                 refills=jnp.asarray(-1, jnp.int32), slot_steps=jnp.asarray(0, jnp.int32))
+    def running(carry):
+        s = carry["slot"]
+        return jnp.sum((s["query"] < n) & (s["status"] == _RUNNING))
+
+    def compact(carry, width):
+        """The slots still at work gathered into a narrower window of ``width`` slots
+        (every other slot is free: the caller has finished them)."""
+        slot = carry["slot"]
+        wide = slot["query"].shape[0]
+        idx = jnp.nonzero(slot["query"] < n, size=width, fill_value=wide)[0]
+        slot = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="fill", fill_value=0), slot)
+        slot = dict(slot, query=jnp.where(idx < wide, slot["query"], n).astype(jnp.int32))
+        return dict(carry, slot=slot)
+
     carry = load(carry, size)  # the first window (not counted as a refill)
+    for width in tail:  # the tail: once the queue is empty, fewer slots for the last queries
+        carry = jax.lax.while_loop(lambda c, w=width: (c["next"] < n) | (running(c) > w), body, carry)
+        carry = compact(finish(carry), width)
     carry = jax.lax.while_loop(cond, body, carry)
     carry = finish(carry)  # slots that stopped at t0 in the last refill
     out = carry["out"]
 
     nsteps = out["nacc"]
-    energies, times = out["energies"], out["times"]
+    energies, times = out["energies"], out["times"].at[:, 0].set(t0)
     if trace:  # entries past num_steps repeat the final energy and time (as the vmapped solve)
+        # a query that stopped at t0 took no step: its trace is its (start = final) energy
+        energies = energies.at[:, 0].set(jnp.where(out["natt"] == 0, out["energy"], energies[:, 0]))
         idx = jnp.arange(length)[None, :]
         last = nsteps[:, None]
         energies = jnp.where(idx <= last, energies, jnp.take_along_axis(energies, last, axis=1))
@@ -557,7 +650,8 @@ def _run(net, xs, cfg):
                      jnp.where(st == _EVENT, 0, jnp.where(st == _MAXED, 1, 3))).astype(jnp.int32)
     # the vmapped solve's count (one start evaluation; the residual read from the monitor)
     evals = _count_evaluations(net, solver, nsteps, out["natt"])
-    return (out["x"], energies, times, nsteps, code, res, evals), (carry["iterations"], carry["refills"])
+    return (out["x"], energies, times, nsteps, code, res, evals), (carry["iterations"], carry["refills"],
+                                                                    carry["slot_steps"])
 
 
 # ----------------------------------------------------------------------------- callers' default

@@ -72,7 +72,7 @@ N, W = 37, 8
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_streamed_equals_vmapped_per_query_float64(x64, name):
     net, xs = NETS[name](jnp.float64, N, jax.random.PRNGKey(1))
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     got = ham.relax(net, xs, window=W)  # 37 queries: not a multiple of the window
     _assert_same_per_query(ref, got, jnp.float64)
     assert got.states[next(iter(got.states))].dtype == jnp.float64
@@ -89,7 +89,7 @@ def test_streamed_equals_vmapped_per_query_float64(x64, name):
                                   pytest.param("dense_model_A", marks=pytest.mark.slow), "modern_two_layer"])
 def test_streamed_float32_within_two_steps_of_vmapped(name, record_property):
     net, xs = NETS[name](jnp.float32, 48, jax.random.PRNGKey(2))
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     got = ham.relax(net, xs, window=12)
     assert got.states[next(iter(got.states))].dtype == ref.states[next(iter(ref.states))].dtype == jnp.float32
     equal = _assert_same_per_query(ref, got, jnp.float32, steps_slack=2)
@@ -104,7 +104,7 @@ def test_energy_transformer_float32_streams_with_the_vmapped_steps(record_proper
     least ``START_BATCH`` rows, and every query takes the vmapped solve's steps."""
     et = ham.energy_transformer.EnergyTransformer(16, 32, heads=4, legendre=True, key=jax.random.PRNGKey(0))
     x0 = {"tokens": jax.random.normal(jax.random.PRNGKey(1), (96, 16, 32), jnp.float32)}
-    ref = ham.relax(et.network, x0)
+    ref = ham.relax(et.network, x0, window=None)
     got = ham.relax(et.network, x0, window=_stream.Window(16, 2))  # refills of 2 queries
     equal = _assert_same_per_query(ref, got, jnp.float32, steps_slack=2)
     record_property("same_num_steps_fraction", equal)
@@ -116,7 +116,7 @@ def test_heterogeneous_queries_at_rest_and_at_max_steps(x64):
     # every third query starts at rest (x = 0, an exact fixed point: 0 steps); a small
     # max_steps stops the slow ones
     start = {"v": jnp.where((jnp.arange(N) % 3 == 0)[:, None], 0.0, xs["v"])}
-    ref = ham.relax(net, start, max_steps=9)
+    ref = ham.relax(net, start, max_steps=9, window=None)
     got = ham.relax(net, start, max_steps=9, window=W)
     codes = np.asarray(ref.reason_code)
     assert np.all(np.asarray(ref.num_steps)[::3] == 0) and {0, 1} <= set(codes.tolist())
@@ -128,14 +128,14 @@ def test_heterogeneous_queries_at_rest_and_at_max_steps(x64):
 @pytest.mark.parametrize("window", [1, 100])
 def test_one_slot_and_more_slots_than_queries_give_the_same_results(x64, window):
     net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(4))
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     got = ham.relax(net, xs, window=window)
     _assert_same_per_query(ref, got, jnp.float64)
 
 
 def test_refill_chunk_does_not_change_results(x64):
     net, xs = _modern(jnp.float64, N, jax.random.PRNGKey(5))
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     w = _stream.Window(W, 3)
     got = ham.relax(net, xs, window=w)
     _assert_same_per_query(ref, got, jnp.float64)
@@ -150,7 +150,7 @@ def test_iterations_scale_with_mean_steps_not_with_slowest(x64):
     _, near = _classical(jnp.float64, N, jax.random.PRNGKey(6), flip=0.02)
     # one query in six is noisy (many steps), the others start near a stored pattern (few)
     start = {"v": jnp.where((jnp.arange(N) % 6 == 0)[:, None], noisy["v"], near["v"])}
-    ref = ham.relax(net, start)
+    ref = ham.relax(net, start, window=None)
     w = _stream.Window(W)
     got = ham.relax(net, start, window=w)
     _assert_same_per_query(ref, got, jnp.float64)
@@ -165,7 +165,7 @@ def test_iterations_scale_with_mean_steps_not_with_slowest(x64):
 
 def test_summary_trace_keeps_start_and_end(x64):
     net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(7))
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     got = ham.relax(net, xs, window=W, trace=False)
     assert got.energies.shape == (N, 2) and got.times.shape == (N, 2)
     n = np.asarray(ref.num_steps)
@@ -191,7 +191,7 @@ def test_summary_trace_keeps_start_and_end(x64):
 def test_batch_shape_jit_and_finite_t1(x64):
     net, xs = _classical(jnp.float64, 12, jax.random.PRNGKey(8))
     xs2 = {"v": xs["v"].reshape(3, 4, -1)}
-    ref = ham.relax(net, xs2, t1=1.5)
+    ref = ham.relax(net, xs2, t1=1.5, window=None)
     got = jax.jit(lambda x: ham.relax(net, x, t1=1.5, window=5))(xs2)
     assert got.num_steps.shape == (3, 4) and got.states["v"].shape == xs2["v"].shape
     np.testing.assert_array_equal(np.asarray(got.num_steps), np.asarray(ref.num_steps))
@@ -229,8 +229,10 @@ def test_bad_window_arguments_are_refused():
             ham.relax(net, xs, window=bad)
     with pytest.raises(ValueError, match="window must be a positive integer .*'auto' or None, got 'fast'"):
         ham.relax(net, xs, window="fast")
-    with pytest.raises(ValueError, match="ExponentialEuler only, got solver=Tsit5"):
-        ham.relax(net, xs, window="auto", solver=diffrax.Tsit5())
+    # "auto" (the default) never refuses a solver or adjoint: it vmaps those it cannot stream
+    w = _stream.Window("auto")
+    ham.relax(net, xs, window=w, solver=diffrax.Tsit5())
+    assert w.stats["window"] is None and w.stats["auto"]["reason"] == "solver or adjoint not streamed"
     with pytest.raises(ValueError, match="refill chunk must be a positive integer"):
         ham.relax(net, xs, window=_stream.Window(4, 0))
     with pytest.raises(ValueError, match="ExponentialEuler only, got solver=Tsit5"):
@@ -300,17 +302,17 @@ def test_auto_extrapolates_the_pilot_maximum_to_the_batch():
     assert np.mean(errs_est) < 0.6 * np.mean(errs_pilot), (np.mean(errs_est), np.mean(errs_pilot))
 
 
-def _mixed(n, dtype=jnp.float64):
+def _mixed(n, dtype=jnp.float64, units=64, k=6, flip=0.3):
     """One query in six noisy (many steps), the others near a stored pattern (few)."""
-    net, noisy = _classical(dtype, n, jax.random.PRNGKey(11), flip=0.3)
-    _, near = _classical(dtype, n, jax.random.PRNGKey(11), flip=0.02)
+    net, noisy = _classical(dtype, n, jax.random.PRNGKey(11), n=units, k=k, flip=flip)
+    _, near = _classical(dtype, n, jax.random.PRNGKey(11), n=units, k=k, flip=0.02)
     return net, {"v": jnp.where((jnp.arange(n) % 6 == 0)[:, None], noisy["v"], near["v"])}
 
 
 @pytest.mark.slow  # ~15 s of compiles; the memories test covers auto = vmapped by default
 def test_auto_streams_a_heterogeneous_batch_with_per_query_results_of_vmap(x64):
     net, xs = _mixed(300)
-    ref = ham.relax(net, xs)
+    ref = ham.relax(net, xs, window=None)
     w = _stream.Window("auto")
     got = ham.relax(net, xs, window=w)
     info = w.stats["auto"]
@@ -326,23 +328,54 @@ def test_auto_streams_a_heterogeneous_batch_with_per_query_results_of_vmap(x64):
     np.testing.assert_allclose(np.asarray(got.energies), np.asarray(ref.energies), rtol=1e-10, atol=1e-10)
 
 
-def test_auto_is_the_vmapped_solve_for_small_batches_and_under_jit(x64):
-    net, xs = _classical(jnp.float64, N, jax.random.PRNGKey(12))
-    ref = ham.relax(net, xs)
+def test_auto_keeps_a_small_batch_in_flight_and_shrinks_its_window_at_the_tail(x64):
+    """Below 256 queries (no pilot) "auto" streams the whole batch through W = N slots and
+    gathers the busy ones into N/4 slots once they fit: per query the vmapped results,
+    in fewer slot steps. A batch too small to shrink is the vmapped solve."""
+    net, xs = _mixed(64, units=256, k=20, flip=0.35)  # 256 units: windows down to 16 slots (min_window)
+    ref = ham.relax(net, xs, window=None)
     w = _stream.Window("auto")
-    got = ham.relax(net, xs, window=w)
-    assert w.stats == {"auto": {"queries": N, "state_size": 64, "reason": "fewer than 256 queries"}, "window": None}
-    np.testing.assert_array_equal(np.asarray(got.states["v"]), np.asarray(ref.states["v"]))
-    summary = ham.relax(net, xs, window="auto", trace=False)  # the vmapped trace, cut to its ends
+    got = ham.relax(net, xs, window=w)  # the default
+    assert w.stats["auto"]["reason"] == "fewer than 256 queries: the whole batch in flight, the window shrinking at the tail"
+    assert w.stats["window"] == 64 and w.stats["refills"] == 0
+    assert _stream.tail_widths(64, 256) == (16,) and _stream.tail_widths(64, 64) == ()
+    assert _stream.tail_widths(4096, 512) == (1024, 256) and _stream.tail_widths(31, 512) == ()
+    _assert_same_per_query(ref, got, jnp.float64)
+    np.testing.assert_allclose(np.asarray(got.energies), np.asarray(ref.energies), rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(got.num_evaluations), np.asarray(ref.num_evaluations))
+    # the shrink did happen and paid: fewer slot steps than 64 slots x the slowest query
+    steps = np.asarray(ref.num_steps)
+    assert steps.max() >= 5 * steps.mean()
+    plain = _stream.Window(64)
+    old = _stream.SHRINK_LEVELS
+    try:
+        _stream.SHRINK_LEVELS = 0
+        unshrunk = ham.relax(net, xs, window=plain)
+    finally:
+        _stream.SHRINK_LEVELS = old
+    _assert_same_per_query(ref, unshrunk, jnp.float64)
+    # the same iterations, fewer slot steps: 64 slots until 16 remain busy, then 16
+    assert w.stats["iterations"] == plain.stats["iterations"] >= steps.max()
+    assert plain.stats["slot_steps"] == 64 * plain.stats["iterations"] and plain.stats["tail"] == ()
+    busy_16 = np.sort(steps)[-17]  # after this many steps at most 16 queries still run (no step is refused here)
+    assert w.stats["slot_steps"] == 64 * busy_16 + 16 * (w.stats["iterations"] - busy_16), (w.stats, busy_16)
+    assert w.stats["slot_steps"] < 0.7 * plain.stats["slot_steps"]
+    summary = ham.relax(net, xs, trace=False)  # the vmapped trace, cut to its ends (to round-off: other widths)
     n = np.asarray(ref.num_steps)
-    np.testing.assert_array_equal(np.asarray(summary.energies),
-                                  np.stack([np.asarray(ref.energies)[:, 0], np.asarray(ref.energies)[np.arange(N), n]], 1))
-    # traced queries: no pilot can run, the vmapped solve
-    big_net, big = _mixed(300)
+    np.testing.assert_allclose(np.asarray(summary.energies),
+                               np.stack([np.asarray(ref.energies)[:, 0], np.asarray(ref.energies)[np.arange(64), n]], 1),
+                               rtol=1e-12)
+    # too few queries to shrink (N < 4 x the minimum window): the vmapped solve
+    small_net, small = _classical(jnp.float64, N, jax.random.PRNGKey(12))
     w = _stream.Window("auto")
-    jitted = jax.jit(lambda x: ham.relax(big_net, x, window=w).num_steps)(big)
-    assert w.stats["window"] is None and "traced" in w.stats["auto"]["reason"]
-    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(ham.relax(big_net, big).num_steps))
+    got = ham.relax(small_net, small, window=w)
+    assert w.stats["window"] is None and "too few to shrink" in w.stats["auto"]["reason"], w.stats
+    np.testing.assert_array_equal(np.asarray(got.states["v"]), np.asarray(ham.relax(small_net, small, window=None).states["v"]))
+    # traced queries: no pilot can run, the whole batch in flight (as a small batch)
+    w = _stream.Window("auto")
+    jitted = jax.jit(lambda x: ham.relax(net, x, window=w).num_steps)(xs)
+    assert w.stats["window"] == 64 and "traced" in w.stats["auto"]["reason"]
+    np.testing.assert_array_equal(np.asarray(jitted), steps)
 
 
 # ----------------------------------------------------------------------------- sharded queries
