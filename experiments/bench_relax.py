@@ -270,6 +270,10 @@ def methods(case: Case, tol):
         sol = ham.relax(case.net, case.xs0)
         return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
 
+    def relax_vmapped():  # window=None: every query stepped until the slowest one stops
+        sol = ham.relax(case.net, case.xs0, window=None)
+        return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
+
     def relax_tsit5():
         sol = ham.relax(case.net, case.xs0, solver=diffrax.Tsit5())
         return sol.states, jnp.max(sol.num_evaluations), jnp.max(sol.num_steps), jnp.all(sol.converged), sol
@@ -286,7 +290,7 @@ def methods(case: Case, tol):
             return xs, n + 1, n, jnp.all(ok), None
         return run
 
-    out = {"relax": relax_default, "tsit5": relax_tsit5, "euler": eul(1.0), "euler_half": eul(0.5),
+    out = {"relax": relax_default, "vmapped": relax_vmapped, "tsit5": relax_tsit5, "euler": eul(1.0), "euler_half": eul(0.5),
            "batch_as_one": relax_batch_as_one}
     if single_time_scale(case.net):  # the discrete update keeps no trace: relax with only its summary too
         def relax_no_trace():
@@ -377,6 +381,19 @@ def run_case(name, dtype, batch, repeats, seed=0):
                 out["lyapunov_error"] = str(e)
             out["mean_steps"] = float(jnp.mean(sol.num_steps))
     out["reference_converged"] = ref_ok
+    # how the default (window="auto") ran the batch, and its work in slot steps (the
+    # window's width summed over the loop's iterations) against the vmapped solve's
+    # (every query stepped for as many iterations as the slowest one takes)
+    from ham import _stream
+
+    holder = _stream.Window("auto")
+    jax.block_until_ready(ham.relax(case.net, case.xs0, window=holder).states)
+    st = holder.stats
+    out["window"], out["window_rule"] = st["window"], st["auto"]["reason"]
+    if st["window"] is not None:
+        out["tail"], out["slot_steps"] = list(st["tail"]), st["slot_steps"]
+        out["vmapped_slot_steps"] = batch * st["iterations"]
+    out["wall_ratio_vs_vmapped"] = out["seconds"] / out["vmapped_seconds"]
     out["load_1min_end"] = os.getloadavg()[0]  # the shared machine's load (`uptime`) around the timings
     out["evals_ratio_vs_euler"] = out["euler_evals"] / out["evals"]
     out["speedup_vs_euler"] = out["euler_seconds"] / out["seconds"]
@@ -387,6 +404,7 @@ def run_case(name, dtype, batch, repeats, seed=0):
     out["same_fixed_point_as_euler"], _, _ = compare(case, res["relax"][0], ref_net, euler_states, tol)
     if out["single_time_scale"]:
         out["wall_ratio_vs_discrete_update"] = out["seconds"] / out["euler_seconds"]
+        out["vmapped_wall_ratio_vs_discrete_update"] = out["vmapped_seconds"] / out["euler_seconds"]
         out["cpu_ratio_vs_discrete_update"] = out["cpu_seconds"] / out["euler_cpu_seconds"]
         out["target_single_time_scale"] = TARGET_SINGLE_TIME_SCALE
         sound = out["energy_never_rose"] and out["converged"] and out["same_fixed_point"] >= out["euler_same_fixed_point"]
@@ -544,6 +562,8 @@ def target_text(r) -> str:
         if "meets_target_no_trace" in r:
             text += (f"; trace=False {r['wall_ratio_vs_discrete_update_no_trace']:.2f}×, "
                      f"{'met' if r['meets_target_no_trace'] else 'NOT met'}")
+        if "vmapped_wall_ratio_vs_discrete_update" in r:  # the same solve without the shrinking window
+            text += f"; vmapped (window=None) {r['vmapped_wall_ratio_vs_discrete_update']:.2f}×"
         if "wall_ratio_vs_update_with_relax_stop" in r:  # the per-step overhead alone (same stop rule, same steps)
             text += (f" (against the update stopped by relax's rule: {r['wall_ratio_vs_update_with_relax_stop']:.2f}×, "
                      f"trace=False {r['wall_ratio_vs_update_with_relax_stop_no_trace']:.2f}×)")
@@ -551,18 +571,30 @@ def target_text(r) -> str:
     return f"≥ {r['target_evals_ratio']:g}× evals, ≥ {r['target_speedup']:g}× wall: {mark}"
 
 
+def _window_text(r) -> str:
+    """How ``window="auto"`` (relax's default) ran the row's batch."""
+    if "window" not in r:
+        return "–"
+    if r["window"] is None:
+        return "vmapped"
+    tail = "→".join(str(w) for w in [r["window"], *r.get("tail", [])])
+    return (f"{tail} slots: {r['slot_steps'] / r['vmapped_slot_steps']:.2f}, "
+            f"{r['wall_ratio_vs_vmapped']:.2f}× the vmapped time")
+
+
 def markdown_table(rows) -> str:
     """The README table, from result rows."""
     head = ("| case | dtype | ham.relax evals (steps) | Euler dt=min τ evals | evals ratio | ham.relax s | Euler s "
-            "| speed-up | Tsit5 evals | same fixed point / retrieval | energy never rose | target | compile s |")
-    lines = [head, "|" + "---|" * 13]
+            "| speed-up | Tsit5 evals | same fixed point / retrieval | energy never rose | target | compile s "
+            "| window (slot steps / vmapped's) |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['dtype']} | {r['evals']:.0f} ({r['steps']}) | {r['euler_evals']:.0f} "
             f"| {r['evals_ratio_vs_euler']:.1f}× | {r['seconds']:.3f} | {r['euler_seconds']:.3f} "
             f"| {r['speedup_vs_euler']:.1f}× | {r['tsit5_evals']:.0f} | {r['same_fixed_point']:.2f} / "
             f"{r['same_retrieval']:.2f} | {'yes' if r['energy_never_rose'] else 'NO'} | {target_text(r)} "
-            f"| {r['compile_s']:.1f} |"
+            f"| {r['compile_s']:.1f} | {_window_text(r)} |"
         )
     return "\n".join(lines)
 

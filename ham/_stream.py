@@ -30,11 +30,19 @@ least ``START_BATCH`` rows so that XLA compiles it as it does the vmapped solve'
 scattered into the free slots. A finished slot's result (its final state, counters and
 reason) is scattered to the query's row of the output; its residual is the one the
 ``Monitored`` state already holds (no extra evaluation).
+
+The tail shrinks: once no query is left to load, the busy slots are gathered into a
+window of ``W/4`` slots as soon as they fit (then ``W/16``; [`tail_widths`][]), each slot
+carrying its state, solver and controller state, so the slowest queries do not keep
+``W`` slots stepping. This is also what ``window="auto"`` runs on a batch of fewer than
+``AUTO_MIN_QUERIES`` queries, or on traced ones: the whole batch in flight, no refill,
+no pilot.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import diffrax
@@ -73,7 +81,7 @@ def default_chunk(window: int) -> int:
 
 
 # ----------------------------------------------------------------------------- window="auto"
-AUTO_MIN_QUERIES = 256  # smaller batches are vmapped: the pilot would cost about what streaming saves
+AUTO_MIN_QUERIES = 256  # smaller batches run no pilot (it would cost about what it saves): W = N, shrinking
 PILOT_QUERIES = 64  # at most this many queries relaxed (vmapped) to estimate the mean and slowest steps
 PILOT_FRACTION = 16  # and at most 1/16 of the batch (at least 16), so that the pilot stays a small cost
 AUTO_MIN_SPREAD = 1.5  # max/mean steps below this: a vmapped batch wastes under a third; vmapped
@@ -191,7 +199,7 @@ def auto_window(net, xs0, static, batch) -> tuple[int | None, dict, tuple | None
     ``N`` is too small to shrink (``N < 4 ×`` [`min_window`][]) or the queries are sharded
     with fewer than ``AUTO_MIN_QUERIES`` a device (``info["reason"]`` says which)."""
     n = math.prod(batch)
-    state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
+    state_size = _state_size(net)
     info = {"queries": n, "state_size": state_size}
     sharded = data_sharding(xs0, batch)
     if sharded:  # the rule applies to each device's shard (one stream per device)
@@ -289,8 +297,14 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     size, chunk = check_window(window, static.value[0], adjoint)
     if n == 0:
         raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
-    xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
     sharded = data_sharding(xs0, batch)
+    if not sharded and pilot is None:  # one program: the stream, the implicit rule, the shapes
+        size = min(size, n)
+        cfg = _config(static, size, min(default_chunk(size) if chunk is None else chunk, size), _state_size(net))
+        sol, stats = _whole(net, xs0, cfg, adjoint, batch)
+        _record(holder, stats, cfg)
+        return sol
+    xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
     run_xs = xs
     if pilot is not None:  # the pilot's queries are done (not sharded): stream the others
         rest = np.setdiff1d(np.arange(n), pilot[0])  # never empty: n >= AUTO_MIN_QUERIES > PILOT_QUERIES
@@ -298,13 +312,8 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     per_device = (n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded
                   else next(iter(run_xs.values())).shape[0])
     size = min(size, per_device)
-    state_size = sum(math.prod(layer.shape) for layer in net.layers.values())
     chunk = min(default_chunk(size) if chunk is None else chunk, size)
-    cfg = _Config(tuple(static.value[:7]) + (size, chunk, static.value[8], tail_widths(size, state_size)))
-    if not sharded and pilot is None:  # one program: the stream, the implicit rule, the shapes
-        sol, stats = _whole(net, xs0, cfg, adjoint, batch)
-        _record(holder, stats, cfg)
-        return sol
+    cfg = _config(static, size, chunk, _state_size(net))
     if sharded:
         out, stats = _run_sharded(net, xs, cfg, sharded[0], sharded[1])
         if holder is not None:
@@ -434,6 +443,26 @@ class _Config(eqx.Module):
     value: tuple = eqx.field(static=True)
 
 
+@functools.lru_cache(maxsize=256)
+def _config_cached(static, size, chunk, tail):
+    return _Config(tuple(static.value[:7]) + (size, chunk, static.value[8], tail))
+
+
+def _config(static, size: int, chunk: int, state_size: int) -> _Config:
+    """The stream's settings (relax's ``static`` + window, chunk, trace, tail), the same
+    object for the same settings (building and hashing a new one costs a short solve's
+    dispatch)."""
+    tail = tail_widths(size, state_size)
+    try:
+        return _config_cached(static, size, chunk, tail)
+    except TypeError:  # an unhashable user-given solver: jit will say so
+        return _Config(tuple(static.value[:7]) + (size, chunk, static.value[8], tail))
+
+
+def _state_size(net) -> int:
+    return sum(math.prod(layer.shape) for layer in net.layers.values())
+
+
 @eqx.filter_jit
 def _run(net, xs, cfg):
     from .solve import _at_fixed_point, _check_finite, _count_evaluations, _vf
@@ -514,7 +543,10 @@ def _run(net, xs, cfg):
         y, ss, cs, tp, tn, st = jax.tree_util.tree_map(lambda a: a[:k], jax.vmap(start)(x))
         new = dict(y=y, sstate=ss, cstate=cs, tprev=jnp.broadcast_to(tp, (k,)), tnext=tn, status=st,
                    nacc=jnp.zeros((k,), jnp.int32), natt=jnp.zeros((k,), jnp.int32), query=q)
-        slot = jax.tree_util.tree_map(lambda a, b: put(a, idx, b), slot, new)
+        if k == size == n:  # the whole batch into an empty window: the slots are the starts
+            slot = new
+        else:
+            slot = jax.tree_util.tree_map(lambda a, b: put(a, idx, b), slot, new)
         if not trace:  # (with the trace, the start energy is written at the query's first step)
             out = dict(out, energies=out["energies"].at[jnp.where(valid, q, n), 0].set(y.energy, mode="drop"))
         return dict(carry, slot=slot, out=out, next=jnp.minimum(nxt + k, n), refills=carry["refills"] + 1)
@@ -593,18 +625,20 @@ def _run(net, xs, cfg):
 
     def body(carry):
         carry = step(carry)
-        # the full trace buffers stay out of the branches below (a buffer passed through
-        # a cond or an inner loop may be copied whole; on the 4-step conv_image solve that
-        # was a fifth of its time): finish and load do not touch them
-        big = {k: carry["out"][k] for k in (("energies", "times") if trace else ())}
-        carry = dict(carry, out={k: v for k, v in carry["out"].items() if k not in big})
-        carry = jax.lax.cond(any_done(carry), finish, lambda c: c, carry)
-        # as many fixed-size chunks as there are free slots for (short solves free more
-        # than one chunk per step)
-        carry = jax.lax.while_loop(refill_due, lambda c: load(c, chunk), carry)
+        if n > size:  # a queue to serve: free the stopped slots and refill them
+            # (the full trace buffers are kept out of the cond and the inner loop, which
+            # never touch them)
+            big = {k: carry["out"][k] for k in (("energies", "times") if trace else ())}
+            carry = dict(carry, out={k: v for k, v in carry["out"].items() if k not in big})
+            carry = jax.lax.cond(any_done(carry), finish, lambda c: c, carry)
+            # as many fixed-size chunks as there are free slots for (short solves free more
+            # than one chunk per step)
+            carry = jax.lax.while_loop(refill_due, lambda c: load(c, chunk), carry)
+            carry = dict(carry, out=dict(carry["out"], **big))
+        # else the whole batch is in flight: a stopped slot just idles (no longer stepped)
+        # until the window shrinks or the loop ends, where finish writes it out
         width = carry["slot"]["query"].shape[0]
-        return dict(carry, out=dict(carry["out"], **big), iterations=carry["iterations"] + 1,
-                    slot_steps=carry["slot_steps"] + width)
+        return dict(carry, iterations=carry["iterations"] + 1, slot_steps=carry["slot_steps"] + width)
 
     def cond(carry):
         s = carry["slot"]
@@ -676,10 +710,12 @@ def num_queries(xs0: dict, net) -> int:
 
 
 def memory_relax(net, xs0: dict, relax_kwargs: dict, jitted):
-    """A memory's ``relax``: ``jitted(net, xs0, relax_kwargs)`` (the vmapped solve in one
-    jit, as before) unless a window applies — given, or ``"auto"`` by default for a large
-    batch ([`default_window`][]) — then [`ham.relax`][] itself (its parts are jitted; the
-    pilot of ``"auto"`` and per-device streaming need the concrete queries)."""
+    """A memory's ``relax``: ``jitted(net, xs0, relax_kwargs)`` (``ham.relax``'s default in
+    one jit: traced queries, so ``"auto"`` keeps the whole batch in flight and shrinks the
+    window at the tail, or vmaps a batch too small to shrink) unless a window applies —
+    given, or ``"auto"`` on concrete queries for a large batch ([`default_window`][]) —
+    then [`ham.relax`][] itself (its parts are jitted; the pilot of ``"auto"`` and
+    per-device streaming need the concrete queries)."""
     name = next(iter(xs0))
     n = math.prod(jnp.shape(xs0[name])) // max(math.prod(net.layers[name].shape), 1)
     kw = default_window(relax_kwargs, n)
