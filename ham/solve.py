@@ -456,11 +456,12 @@ def relax(
       query is left to load, the slots still busy are gathered into W/4 slots (then
       W/16) as soon as they fit, so the slowest queries no longer keep every slot
       stepping; a batch whose queries stop together costs about what the vmapped solve
-      costs. On the 64-query ``bench_relax`` cases this takes 0.34–0.56× the vmapped
-      time on the Energy Transformer and 0.36–0.40× on the classical net (their slowest
-      query takes 2.7–7× the mean steps), 0.83–0.86× on the modern and Krotov–Hopfield
-      memories, and up to 1.17× on 4–10-step solves that all stop together (the
-      stream's own bookkeeping, a few tenths of a millisecond).
+      costs. On the 64-query ``bench_relax`` cases (committed run) this takes
+      0.34–0.56× the vmapped time on the Energy Transformer and 0.35–0.40× on the
+      classical net (their slowest query takes 2.7–7× the mean steps), 0.69–0.98× on
+      the modern, dense and Krotov–Hopfield memories, and up to 1.24× on the 4–6-step
+      convolutional solves where every query stops at the same step (the stream's own
+      bookkeeping, about 1 ms).
     - The vmapped solve when N < 4 × that minimum window (nothing to shrink), for a
       solver other than ``ExponentialEuler`` or an adjoint other than the implicit one
       (neither is streamed), and for sharded queries with fewer than 256 a device.
