@@ -27,7 +27,7 @@ q = 0.5 * p[jnp.arange(N) % 6] * flip
 mesh = Mesh(np.array(jax.devices()).reshape(8, 1), ("data", "model"))
 qs = jax.device_put(q, NamedSharding(mesh, P("data", None)))
 
-ref = ham.relax(net, {"v": q})
+ref = ham.relax(net, {"v": q}, window=None)  # the vmapped solve
 w = _stream.Window(W)
 got = ham.relax(net, {"v": qs}, window=w)
 dist = np.linalg.norm(np.asarray(got.states["v"]) - np.asarray(ref.states["v"]), axis=1)
@@ -38,7 +38,7 @@ big = 0.5 * p[jnp.arange(2048) % 6] * jnp.where(
     jax.random.bernoulli(k3, jnp.where(jnp.arange(2048) % 6 == 0, 0.3, 0.02)[:, None], (2048, 64)), -1.0, 1.0)
 wa = _stream.Window("auto")
 auto = ham.relax(net, {"v": jax.device_put(big, NamedSharding(mesh, P("data", None)))}, window=wa)
-big_ref = ham.relax(net, {"v": big})
+big_ref = ham.relax(net, {"v": big}, window=None)
 print(json.dumps({
     "devices": len(jax.devices()),
     "state_spec": str(got.states["v"].sharding.spec), "steps_spec": str(got.num_steps.sharding.spec),
