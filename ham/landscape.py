@@ -212,8 +212,9 @@ def census(
       (lowest-index) representative within the radius.
     - ``chunk``: starts are relaxed ``chunk`` at a time (one compilation; memory bounded by
       one chunk plus the distinct points). A chunk of 256 or more starts is streamed
-      (``window="auto"`` of [`ham.relax`][]: slow starts no longer hold up the chunk)
-      unless ``relax_kwargs`` give a ``window`` (``window=None``: vmapped).
+      (``window="auto"`` of [`ham.relax`][]: slow starts no longer hold up the chunk), a
+      smaller one kept in flight whole with the window shrinking at the tail (relax's
+      default), unless ``relax_kwargs`` give a ``window`` (``window=None``: vmapped).
 
     **Returns:** a [`Census`][ham.landscape.Census].
 

@@ -266,8 +266,9 @@ class ClassicalHopfield(_BinaryMemory):
 
     def relax(self, queries, beta=None, **relax_kwargs) -> Solution:
         """Continuous dynamics from internal state ``x = queries`` via [`ham.relax`][]
-        (a batch of 256 or more queries is streamed, ``window="auto"``, unless ``window``
-        is given; ``window=None`` vmaps)."""
+        (``window="auto"``, relax's default, unless ``window`` is given: a batch of 256
+        or more queries is streamed, a smaller one kept in flight whole with the window
+        shrinking at the tail; ``window=None`` vmaps)."""
         q, single = as_queries("classical", queries, self.dim, self.patterns.dtype)
         net = self.make_network(beta)
         return memory_relax(net, {"v": q[0] if single else q}, with_default_solver(net, relax_kwargs), _relax_jit)
