@@ -298,22 +298,19 @@ def relax(net, xs0, static, adjoint, batch, window) -> "Solution":  # noqa: F821
     if n == 0:
         raise ValueError("ham.relax: window= needs at least one query; the batch is empty.")
     sharded = data_sharding(xs0, batch)
+    # the pilot's queries are done (not sharded): the stream runs the others
+    rest = None if pilot is None else np.setdiff1d(np.arange(n), pilot[0])  # never empty: n > PILOT_QUERIES
+    per_device = (n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded
+                  else n if rest is None else len(rest))
+    size = min(size, per_device)
+    chunk = min(default_chunk(size) if chunk is None else chunk, size)
+    cfg = _config(static, size, chunk, _state_size(net))
     if not sharded and pilot is None:  # one program: the stream, the implicit rule, the shapes
-        size = min(size, n)
-        cfg = _config(static, size, min(default_chunk(size) if chunk is None else chunk, size), _state_size(net))
         sol, stats = _whole(net, xs0, cfg, adjoint, batch)
         _record(holder, stats, cfg)
         return sol
     xs = {k: jnp.reshape(v, (n, *net.layers[k].shape)) for k, v in xs0.items()}
-    run_xs = xs
-    if pilot is not None:  # the pilot's queries are done (not sharded): stream the others
-        rest = np.setdiff1d(np.arange(n), pilot[0])  # never empty: n >= AUTO_MIN_QUERIES > PILOT_QUERIES
-        run_xs = {k: v[rest] for k, v in xs.items()}
-    per_device = (n // math.prod(sharded[0].shape[a] for a in sharded[2]) if sharded
-                  else next(iter(run_xs.values())).shape[0])
-    size = min(size, per_device)
-    chunk = min(default_chunk(size) if chunk is None else chunk, size)
-    cfg = _config(static, size, chunk, _state_size(net))
+    run_xs = xs if rest is None else {k: v[rest] for k, v in xs.items()}
     if sharded:
         out, stats = _run_sharded(net, xs, cfg, sharded[0], sharded[1])
         if holder is not None:
