@@ -31,7 +31,10 @@ How it is measured:
 - Profile (points with K ≥ ``--profile-min-k``, default 10⁶): the retrieval alternated
   with a control that runs the same blocked loop with only its two matrix products per
   block (same blocks, same slicing); ``profile.matmul_s`` is the control's time,
-  ``profile.exp_phase_s`` = full − control (max, exp, sums, masking), with CPU/wall of each.
+  ``profile.exp_phase_s`` = full − control (max, exp, sums, masking), with CPU/wall of each;
+  two more controls time each product alone (``scores_s``: ``q Ξ_bᵀ``; ``weighted_sum_s``:
+  ``s Ξ_b``, whose ``(batch, D)`` output is small) with their CPU/wall, which shows which
+  product leaves a core idle on one device.
 - The patterns are made on the devices, already sharded over the mesh axis
   ``"patterns"`` (``jax.jit(..., out_shardings=NamedSharding(mesh, P("patterns", None)))``),
   never as one host array: i.i.d. uniform entries of variance 1/D (so ‖ξ_μ‖ ≈ 1) from a
@@ -176,10 +179,12 @@ def _peak_device_bytes(devices) -> int | None:
         return None
 
 
-def _matmul_only(mesh, num: int, dim: int, batch: int, dtype):
-    """The profile's control: the blocked softmax's loop with only its two matrix products
-    per block (scores ``q Ξ_bᵀ`` and the weighted sum ``s Ξ_b``; same blocks, same slicing,
-    no max/exp/sum), so that full − control is the time of the exp phase."""
+def _matmul_only(mesh, num: int, dim: int, batch: int, dtype, which: str = "both"):
+    """The profile's controls: the blocked softmax's loop with only its matrix products per
+    block (same blocks, same slicing, no max/exp/sum), so that full − control is the time of
+    the exp phase. ``which``: ``"both"`` (scores ``q Ξ_bᵀ`` and the weighted sum ``s Ξ_b``),
+    ``"scores"`` (the scores only) or ``"weighted_sum"`` (the weighted sum only, of fixed
+    weights ``s`` of the block's shape), to tell which product leaves cores idle."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
@@ -192,9 +197,15 @@ def _matmul_only(mesh, num: int, dim: int, batch: int, dtype):
     c = _sharded._block_rows(k_local, batch, dim * jnp.dtype(dtype).itemsize)
 
     def local(patterns, queries):
+        fixed = jnp.matmul(queries, patterns[:c].T, preferred_element_type=acc)  # weights of a block's shape
+
         def body(carry, i):
             block = _sharded._slice_rows(patterns, jnp.minimum(i * c, k_local - c), c)
+            if which == "weighted_sum":
+                return carry + fixed @ block.astype(acc), None
             s = jnp.matmul(queries, block.T, preferred_element_type=acc)
+            if which == "scores":
+                return carry + s[:, :dim], None
             return carry + s @ block.astype(acc), None
 
         out, _ = jax.lax.scan(body, jnp.zeros((batch, dim), acc), jnp.arange(-(-k_local // c)))
@@ -295,17 +306,23 @@ class Point:
         return t
 
     def profile(self, reps: int) -> dict:
-        """Alternate the full retrieval with the matrix-products-only control: medians of
-        wall and CPU seconds of each (the full calls count as timed calls too)."""
-        control = _matmul_only(self.mesh, self.num, self.dim, self.batch, self.dtype)
-        _timed(lambda: control(self.patterns, self.queries), 1)  # compiles
-        full, mm = [], []
+        """Alternate the full retrieval with the controls (both matrix products, the scores
+        only, the weighted sum only): medians of wall and CPU seconds of each (the full calls
+        count as timed calls too)."""
+        controls = {w: _matmul_only(self.mesh, self.num, self.dim, self.batch, self.dtype, w)
+                    for w in ("both", "scores", "weighted_sum")}
+        for control in controls.values():
+            _timed(lambda control=control: control(self.patterns, self.queries), 1)  # compiles
+        full, runs = [], {w: [] for w in controls}
         for _ in range(reps):
             full += self.time(1)
-            mm += _timed(lambda: control(self.patterns, self.queries), 1)
+            for w, control in controls.items():
+                runs[w] += _timed(lambda control=control: control(self.patterns, self.queries), 1)
         med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
-        return {"full_s": med(full, 0), "full_cpu_s": med(full, 1), "matmul_s": med(mm, 0),
-                "matmul_cpu_s": med(mm, 1), "reps": reps}
+        return {"full_s": med(full, 0), "full_cpu_s": med(full, 1), "matmul_s": med(runs["both"], 0),
+                "matmul_cpu_s": med(runs["both"], 1), "scores_s": med(runs["scores"], 0),
+                "scores_cpu_s": med(runs["scores"], 1), "weighted_sum_s": med(runs["weighted_sum"], 0),
+                "weighted_sum_cpu_s": med(runs["weighted_sum"], 1), "reps": reps}
 
     def finish(self) -> dict:
         import jax.numpy as jnp
@@ -561,19 +578,19 @@ def comparison_table(data) -> str:
     by = {(r["K"], r["dim"], r["dtype"], r["devices"]): r for r in data["results"]}
     n = comps[0]["devices"]
     lines = [f"| K | D | dtype | 1 dev q/s (GFLOP/s) | {n} dev q/s (GFLOP/s) | 1 / {n} | CPU/wall 1 dev, {n} dev "
-             f"| CPU s a call 1 dev, {n} dev | 1 dev: matrix products / exp phase (s) | load |",
+             f"| 1 dev: matrix products / exp phase (s) | 1 dev: scores, weighted sum alone (s, CPU/wall) | load |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(comps, key=lambda c: (c["dim"], c["dtype"] != "float32", c["K"])):
         prof = by.get((c["K"], c["dim"], c["dtype"], 1), {}).get("profile")
-        prof_n = by.get((c["K"], c["dim"], c["dtype"], n), {}).get("profile")
         split = (f"{prof['matmul_s']:.3g} / {prof['exp_phase_s']:.3g}" if prof else "–")
-        cpu = (f"{prof['full_s'] * prof['cpu_per_wall_full']:.3g}, {prof_n['full_s'] * prof_n['cpu_per_wall_full']:.3g}"
-               if prof and prof_n else "–")
+        alone = (f"{prof['scores_s']:.3g} ({prof['cpu_per_wall_scores']:.2f}), "
+                 f"{prof['weighted_sum_s']:.3g} ({prof['cpu_per_wall_weighted_sum']:.2f})"
+                 if prof and "scores_s" in prof else "–")
         load = c.get("load_before")
         lines.append(
             f"| {c['K']:,} | {c['dim']} | {c['dtype']} | {_qps(c['qps_1'])} ({c['gflops_1']:.0f}) | "
             f"{_qps(c['qps_many'])} ({c['gflops_many']:.0f}) | **{c['ratio']:.2f}** | "
-            f"{c['cpu_per_wall_1']:.2f}, {c['cpu_per_wall_many']:.2f} | {cpu} | {split} | "
+            f"{c['cpu_per_wall_1']:.2f}, {c['cpu_per_wall_many']:.2f} | {split} | {alone} | "
             + (f"{load[0]:.1f}" if load else "–") + " |")
     return "\n".join(lines)
 
@@ -713,16 +730,23 @@ def run_grid(args, pool: Workers, checkpoint_path: Path) -> tuple[list[dict], li
 
 
 def _profile_summary(pairs: list[dict]) -> dict:
-    """Medians over the full/control pairs: seconds of the matrix products (the control),
-    of the rest (full − control: the exp/max/sum phase and the loop), and CPU seconds per
-    wall second of each (about the number of busy cores)."""
+    """Medians over the full/control rounds: seconds of the matrix products (the control),
+    of the rest (full − control: the exp/max/sum phase and the loop), of each product alone
+    (scores, weighted sum), and CPU seconds per wall second of each (about the number of
+    busy cores)."""
     med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
     full, mm, full_cpu, mm_cpu = med("full_s"), med("matmul_s"), med("full_cpu_s"), med("matmul_cpu_s")
-    return {"full_s": full, "matmul_s": mm, "exp_phase_s": max(full - mm, 0.0), "matmul_fraction": mm / full,
-            "cpu_per_wall_full": full_cpu / full, "cpu_per_wall_matmul": mm_cpu / mm,
-            "cpu_per_wall_exp_phase": (full_cpu - mm_cpu) / (full - mm) if full > mm else None,
-            "pairs": len(pairs), "method": "full retrieval and a control with only its two matrix products per "
-            "block (same blocks and slicing), alternated; exp phase = full - control"}
+    out = {"full_s": full, "matmul_s": mm, "exp_phase_s": max(full - mm, 0.0), "matmul_fraction": mm / full,
+           "cpu_per_wall_full": full_cpu / full, "cpu_per_wall_matmul": mm_cpu / mm,
+           "cpu_per_wall_exp_phase": (full_cpu - mm_cpu) / (full - mm) if full > mm else None,
+           "pairs": len(pairs), "method": "full retrieval and controls with only its matrix products per "
+           "block (same blocks and slicing: both products, the scores alone, the weighted sum alone), "
+           "alternated; exp phase = full - control with both"}
+    if all("scores_s" in p for p in pairs):
+        for w in ("scores", "weighted_sum"):
+            sec, cpu = med(f"{w}_s"), med(f"{w}_cpu_s")
+            out[f"{w}_s"], out[f"cpu_per_wall_{w}"] = sec, cpu / sec
+    return out
 
 
 def _compare(point_rows: list[dict], load_after: dict) -> dict | None:
