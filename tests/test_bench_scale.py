@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ FIELDS = {"K", "dim", "dtype", "devices", "qps", "bytes_per_device", "device_kin
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    returned = bench_scale.main(["--quick", "--results-dir", str(out), "--no-progress"])
+    returned = bench_scale.main(["--quick", "--results-dir", str(out), "--no-progress", "--profile-reps", "1"])
     return out, returned, json.loads((out / "bench_scale_quick.json").read_text())
 
 
@@ -75,6 +76,29 @@ def test_fit_and_largest_k_summaries(quick):
         assert f["xla_bytes_per_pattern"] >= f["pattern_bytes_per_pattern"]
         assert f["measured_bytes_per_pattern"] is None or f["measured_bytes_per_pattern"] > 0
     assert bench_scale.markdown_table(data).count("\n") > len(bench_scale.QUICK_KS)
+
+
+def test_profile_times_each_matrix_product_alone(quick):
+    """The profiled points (K = 10⁵ in the quick run) time the retrieval, both products, and
+    each product alone (scores, weighted sum), with CPU/wall; the comparison table shows them."""
+    _, _, data = quick
+    profiled = [r for r in data["results"] if "profile" in r]
+    assert {(r["K"], r["devices"]) for r in profiled} == {(max(bench_scale.QUICK_KS), n) for n in (1, 8)} and (
+        len(profiled) == 4)
+    for r in profiled:
+        p = r["profile"]
+        for key in ("full_s", "matmul_s", "scores_s", "weighted_sum_s"):
+            assert p[key] > 0, (key, p)
+        for key in ("cpu_per_wall_full", "cpu_per_wall_matmul", "cpu_per_wall_scores", "cpu_per_wall_weighted_sum"):
+            assert 0.1 < p[key] < (os.cpu_count() or 1) + 0.5, (key, p)  # about the number of busy cores
+        assert p["exp_phase_s"] == max(p["full_s"] - p["matmul_s"], 0.0) and p["pairs"] == 1
+    table = bench_scale.comparison_table(data)
+    assert "weighted sum alone" in table
+    for r in profiled:
+        if r["devices"] == 1:  # the table's split is one device's
+            p = r["profile"]
+            assert (f"{p['scores_s']:.3g} ({p['cpu_per_wall_scores']:.2f}), "
+                    f"{p['weighted_sum_s']:.3g} ({p['cpu_per_wall_weighted_sum']:.2f})") in table
 
 
 def test_loglog_fit_recovers_a_power_law():

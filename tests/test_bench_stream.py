@@ -11,8 +11,16 @@ pytestmark = pytest.mark.xdist_group("bench_stream")
 
 
 @pytest.mark.slow  # the benchmark script (~15 s); tests/test_stream.py covers streaming itself
-def test_bench_stream_smoke_writes_rows_table_and_figure(tmp_path):
+def test_bench_stream_smoke_writes_rows_table_and_figure(tmp_path, monkeypatch):
+    windows, relax = [], bench_stream.ham.relax  # every relax call of the benchmark names its window
+
+    def recorded(*args, **kwargs):
+        windows.append(kwargs.get("window", "default"))  # the default streams: not a baseline
+        return relax(*args, **kwargs)
+
+    monkeypatch.setattr(bench_stream.ham, "relax", recorded)
     rows = bench_stream.main(["--smoke", "--out", str(tmp_path)])
+    assert windows and "default" not in windows and None in windows
     saved = json.loads((tmp_path / "bench_stream_smoke.json").read_text())
     assert saved["mode"] == "smoke" and len(saved["results"]) == len(rows) == 1
     assert (tmp_path / "bench_stream_smoke.png").stat().st_size > 0
@@ -29,6 +37,13 @@ def test_bench_stream_smoke_writes_rows_table_and_figure(tmp_path):
     assert len(r["load_before"]) == 3 and r["vmapped_seconds"] > 0 and r["streamed_seconds"] > 0
     table = bench_stream.markdown_table(rows)
     assert "classical_tanh_400" in table and f"{r['speedup']:.2f}×" in table
+
+
+def test_the_baseline_is_the_vmapped_solve(monkeypatch):
+    """relax's default (``window="auto"``) streams, so the baseline names ``window=None``."""
+    seen = []
+    monkeypatch.setattr(bench_stream.ham, "relax", lambda net, xs, **kw: seen.append(kw) or "solution")
+    assert bench_stream.vmapped("net", "xs") == "solution" and seen == [{"window": None}]
 
 
 def test_stream_target_rule():
